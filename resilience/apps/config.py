@@ -1,0 +1,47 @@
+"""What an app declares: the services it serves and the stubs its clients use."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from resilience.core.call import CallKind
+
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    """One gRPC service of an app.
+
+    ``servicer`` is called with the settings when a server starts, and returns the servicer
+    instance that ``add_to_server`` registers.
+    """
+
+    descriptor: ServiceDescriptor
+    add_to_server: Callable[[Any, grpc.Server], None]
+    stub: type
+    servicer: Callable[[Any], Any]
+
+    @property
+    def full_name(self) -> str:
+        return self.descriptor.full_name
+
+    def methods(self) -> Iterator[tuple[str, CallKind]]:
+        """Each method's full name (``package.Service/Method``) and call kind."""
+        for m in self.descriptor.methods:
+            kind = CallKind((m.client_streaming, m.server_streaming))
+            yield f"{self.full_name}/{m.name}", kind
+
+
+class AppConfig:
+    """Subclass this in ``<app>/apps.py``; the registry finds the one subclass there."""
+
+    name: ClassVar[str] = ""
+    services: ClassVar[tuple[Service, ...]] = ()
+
+    def check(self, settings: Any) -> list[Any]:
+        """Return the app's own check messages (see ``resilience.checks``)."""
+        return []

@@ -1,0 +1,1 @@
+"""Settings: loading them with dynaconf, and turning them into validated chains."""

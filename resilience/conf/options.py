@@ -1,0 +1,145 @@
+"""Turn plain settings values into a middleware's typed, validated options.
+
+Every problem is returned as a sentence naming the option, the value given and what was
+expected; nothing here raises for bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import grpc
+
+from resilience.core.middleware import MiddlewareOptions
+
+_STATUS_NAMES = {code.name: code for code in grpc.StatusCode}
+
+
+def describe(tp: Any) -> str:
+    """A reader's name for a type: 'a number', 'a list of status code names', ..."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        parts = [describe(a) for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(parts) + " (or leave unset)"
+    if origin in (tuple, frozenset):
+        (item, *_) = typing.get_args(tp)
+        if item is grpc.StatusCode:
+            return "a list of status code names such as ['UNAVAILABLE']"
+        return f"a list of {describe(item)}s"
+    return {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        grpc.StatusCode: "a status code name such as 'UNAVAILABLE'",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise _Invalid
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except _Invalid:
+                continue
+        raise _Invalid
+    if origin in (tuple, frozenset):
+        if not isinstance(value, list | tuple):
+            raise _Invalid
+        (item, *_) = typing.get_args(tp)
+        return origin(_coerce(v, item) for v in value)
+    if tp is grpc.StatusCode:
+        if isinstance(value, grpc.StatusCode):
+            return value
+        if isinstance(value, str) and value.upper() in _STATUS_NAMES:
+            return _STATUS_NAMES[value.upper()]
+        raise _Invalid
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Invalid
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Invalid
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise _Invalid
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Invalid
+    raise TypeError(f"option type {tp!r} is not supported")
+
+
+def _bounds_problem(name: str, value: Any, meta: Mapping[str, Any]) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if meta.get("ge") is not None and value < meta["ge"]:
+        return f"option '{name}' is {value!r}; expected a value >= {meta['ge']}"
+    if meta.get("gt") is not None and value <= meta["gt"]:
+        return f"option '{name}' is {value!r}; expected a value > {meta['gt']}"
+    return None
+
+
+def build_options(
+    cls: type[MiddlewareOptions], values: Mapping[str, Any]
+) -> tuple[MiddlewareOptions | None, list[str]]:
+    """Build ``cls`` from ``values``; return the options (or ``None``) and the problems."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    by_lower = {name.lower(): name for name in fields}
+    problems: list[str] = []
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        name = by_lower.get(str(key).lower())
+        if name is None:
+            valid = ", ".join(sorted(fields)) or "none"
+            problems.append(f"unknown option '{key}'; valid options: {valid}")
+            continue
+        try:
+            coerced = _coerce(value, hints[name])
+        except _Invalid:
+            problems.append(
+                f"option '{name}' is {value!r}; expected {describe(hints[name])}"
+            )
+            continue
+        problem = _bounds_problem(name, coerced, fields[name].metadata)
+        if problem:
+            problems.append(problem)
+            continue
+        kwargs[name] = coerced
+    if problems:
+        return None, problems
+    options = cls(**kwargs)
+    problems.extend(options.validate())
+    return (None, problems) if problems else (options, [])
+
+
+def option_docs(cls: type[MiddlewareOptions]) -> list[tuple[str, str, Any, str]]:
+    """(name, type description, default, doc) for every option, for docs and ``showchain``."""
+    hints = typing.get_type_hints(cls)
+    return [
+        (f.name, describe(hints[f.name]), f.default, f.metadata.get("doc", ""))
+        for f in dataclasses.fields(cls)
+    ]

@@ -1,0 +1,74 @@
+"""The one object every middleware sees: a single RPC, on either side of the wire."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any, Literal
+
+Side = Literal["client", "server"]
+
+
+class CallKind(enum.Enum):
+    """The four gRPC call shapes; middleware branch on the two streaming flags."""
+
+    UNARY_UNARY = (False, False)
+    UNARY_STREAM = (False, True)
+    STREAM_UNARY = (True, False)
+    STREAM_STREAM = (True, True)
+
+    @property
+    def request_streaming(self) -> bool:
+        return self.value[0]
+
+    @property
+    def response_streaming(self) -> bool:
+        return self.value[1]
+
+
+class Call:
+    """One RPC as it passes through a chain.
+
+    ``deadline`` is an absolute ``time.monotonic()`` value or ``None``. Middleware never
+    mutate a call they were given; they pass ``call.replace(...)`` down instead, so that a
+    retry loop can hand every attempt the original.
+    """
+
+    __slots__ = ("attempt", "context", "deadline", "kind", "metadata", "method", "request", "side")
+
+    def __init__(
+        self,
+        method: str,
+        kind: CallKind,
+        side: Side,
+        request: Any,
+        *,
+        metadata: tuple[tuple[str, str | bytes], ...] = (),
+        deadline: float | None = None,
+        attempt: int = 1,
+        context: Any = None,
+    ) -> None:
+        self.method = method
+        self.kind = kind
+        self.side = side
+        self.request = request
+        self.metadata = metadata
+        self.deadline = deadline
+        self.attempt = attempt
+        self.context = context
+
+    def replace(self, **changes: Any) -> Call:
+        """Return a copy with ``changes`` applied."""
+        new = Call.__new__(Call)
+        for name in Call.__slots__:
+            setattr(new, name, changes[name] if name in changes else getattr(self, name))
+        return new
+
+    def time_remaining(self, now: float | None = None) -> float | None:
+        """Seconds left before the deadline (may be negative), or ``None`` without one."""
+        if self.deadline is None:
+            return None
+        return self.deadline - (time.monotonic() if now is None else now)
+
+    def __repr__(self) -> str:
+        return f"<Call {self.side} {self.method} attempt={self.attempt}>"

@@ -1,0 +1,61 @@
+"""Exceptions shared by the framework, and the one place that reads a status from an error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+
+class ImproperlyConfigured(Exception):
+    """The settings are wrong; the message names the setting, the value and the fix."""
+
+
+class MiddlewareNotUsed(Exception):
+    """Raised by a middleware factory to leave itself out of the chain being built."""
+
+
+class RpcStatusError(grpc.RpcError):
+    """A gRPC status raised inside a chain.
+
+    It behaves like the errors grpcio raises on the client (``code()``, ``details()``,
+    ``trailing_metadata()``), so code that catches ``grpc.RpcError`` keeps working.
+    ``retryable=False`` marks a local rejection (an open breaker, say) that a retry
+    must not repeat.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        *,
+        trailing_metadata: tuple[tuple[str, str | bytes], ...] = (),
+        retryable: bool = True,
+    ) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code = code
+        self._details = details
+        self._trailing_metadata = trailing_metadata
+        self.retryable = retryable
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self._trailing_metadata
+
+    def initial_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return ()
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status an exception stands for: its own code, or UNKNOWN for any other error."""
+    code: Any = getattr(exc, "code", None)
+    if isinstance(exc, grpc.RpcError) and callable(code):
+        result = code()
+        if isinstance(result, grpc.StatusCode):
+            return result
+    return grpc.StatusCode.UNKNOWN

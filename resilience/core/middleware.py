@@ -1,0 +1,76 @@
+"""The middleware contract: one shape for every layer, on both sides of the wire.
+
+A middleware is a class. The loader calls it once per chain with the next handler, its
+resolved options and a :class:`ChainInfo`; the instance is then called once per RPC with a
+:class:`~resilience.core.call.Call` and returns what the next handler returns (a response,
+or an iterator of responses for server-streaming calls).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from resilience.core.call import Call, CallKind, Side
+
+Handler = Callable[[Call], Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainInfo:
+    """Where a middleware instance sits: which method, which side, under which options name.
+
+    ``shared`` is one dict per channel (client) or per server, for state that must span
+    methods, such as a server-wide concurrency limit. ``target`` is the channel's target on
+    the client and the bound address on the server.
+    """
+
+    method: str
+    kind: CallKind
+    side: Side
+    name: str
+    shared: dict[str, Any]
+    target: str = ""
+
+
+def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None) -> Any:
+    """Declare one middleware option: its default, a one-line doc and simple bounds."""
+    metadata = {"doc": doc, "ge": ge, "gt": gt}
+    if isinstance(default, list | dict | set):
+        raise TypeError("mutable option defaults are shared between chains; use a tuple")
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class MiddlewareOptions:
+    """Base of every middleware's options: a frozen dataclass, one field per option.
+
+    Types come from the annotations and are enforced by the loader. ``validate`` adds the
+    rules that types and bounds cannot say; it returns one message per problem.
+    """
+
+    def validate(self) -> list[str]:
+        return []
+
+
+class Middleware:
+    """Base class for middleware. Subclasses override ``__call__`` and, if they take
+    options, define a nested ``Options`` dataclass.
+
+    ``sides`` says where the middleware makes sense. ``sync_capable`` and
+    ``async_capable`` follow Django: they say which kind of chain the class can sit in.
+    """
+
+    Options: ClassVar[type[MiddlewareOptions]] = MiddlewareOptions
+    sides: ClassVar[frozenset[Side]] = frozenset({"client", "server"})
+    sync_capable: ClassVar[bool] = True
+    async_capable: ClassVar[bool] = False
+
+    def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
+        self.handler = handler
+        self.options = options
+        self.info = info
+
+    def __call__(self, call: Call) -> Any:
+        return self.handler(call)

@@ -1,0 +1,1 @@
+"""Transport adapters: the only code that touches grpc channels and servers."""
