@@ -10,11 +10,11 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import grpc
 
-from resilience.core.middleware import MiddlewareOptions
+T = TypeVar("T")
 
 _STATUS_NAMES = {code.name: code for code in grpc.StatusCode}
 
@@ -27,11 +27,15 @@ def describe(tp: Any) -> str:
     if origin in (types.UnionType, typing.Union):
         parts = [describe(a) for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(parts) + " (or leave unset)"
+    if origin is dict:
+        return "a table whose values are " + describe(typing.get_args(tp)[1])
+    if tp is Any:
+        return "any value"
     if origin in (tuple, frozenset):
         (item, *_) = typing.get_args(tp)
         if item is grpc.StatusCode:
             return "a list of status code names such as ['UNAVAILABLE']"
-        return f"a list of {describe(item)}s"
+        return "a list of " + _PLURALS.get(item, describe(item))
     return {
         bool: "true or false",
         int: "a whole number",
@@ -41,12 +45,22 @@ def describe(tp: Any) -> str:
     }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+_PLURALS = {str: "strings", int: "whole numbers", float: "numbers"}
+
+
 class _Invalid(Exception):
     pass
 
 
 def _coerce(value: Any, tp: Any) -> Any:
+    if tp is Any:
+        return value
     origin = typing.get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _Invalid
+        item = typing.get_args(tp)[1]
+        return {str(k): _coerce(v, item) for k, v in value.items()}
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
@@ -92,20 +106,23 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise TypeError(f"option type {tp!r} is not supported")
 
 
-def _bounds_problem(name: str, value: Any, meta: Mapping[str, Any]) -> str | None:
+def _bounds_problem(noun: str, name: str, value: Any, meta: Mapping[str, Any]) -> str | None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
     if meta.get("ge") is not None and value < meta["ge"]:
-        return f"option '{name}' is {value!r}; expected a value >= {meta['ge']}"
+        return f"{noun} '{name}' is {value!r}; expected a value >= {meta['ge']}"
     if meta.get("gt") is not None and value <= meta["gt"]:
-        return f"option '{name}' is {value!r}; expected a value > {meta['gt']}"
+        return f"{noun} '{name}' is {value!r}; expected a value > {meta['gt']}"
     return None
 
 
 def build_options(
-    cls: type[MiddlewareOptions], values: Mapping[str, Any]
-) -> tuple[MiddlewareOptions | None, list[str]]:
-    """Build ``cls`` from ``values``; return the options (or ``None``) and the problems."""
+    cls: type[T], values: Mapping[str, Any], noun: str = "option"
+) -> tuple[T | None, list[str]]:
+    """Build the dataclass ``cls`` from ``values``; return it (or ``None``) and the problems.
+
+    Names match case-insensitively, since environment variables arrive upper-case.
+    """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     by_lower = {name.lower(): name for name in fields}
@@ -115,16 +132,14 @@ def build_options(
         name = by_lower.get(str(key).lower())
         if name is None:
             valid = ", ".join(sorted(fields)) or "none"
-            problems.append(f"unknown option '{key}'; valid options: {valid}")
+            problems.append(f"unknown {noun} '{key}'; valid {noun}s: {valid}")
             continue
         try:
             coerced = _coerce(value, hints[name])
         except _Invalid:
-            problems.append(
-                f"option '{name}' is {value!r}; expected {describe(hints[name])}"
-            )
+            problems.append(f"{noun} '{name}' is {value!r}; expected {describe(hints[name])}")
             continue
-        problem = _bounds_problem(name, coerced, fields[name].metadata)
+        problem = _bounds_problem(noun, name, coerced, fields[name].metadata)
         if problem:
             problems.append(problem)
             continue
@@ -132,11 +147,13 @@ def build_options(
     if problems:
         return None, problems
     options = cls(**kwargs)
-    problems.extend(options.validate())
+    validate = getattr(options, "validate", None)
+    if validate is not None:
+        problems.extend(validate())
     return (None, problems) if problems else (options, [])
 
 
-def option_docs(cls: type[MiddlewareOptions]) -> list[tuple[str, str, Any, str]]:
+def option_docs(cls: type[Any]) -> list[tuple[str, str, Any, str]]:
     """(name, type description, default, doc) for every option, for docs and ``showchain``."""
     hints = typing.get_type_hints(cls)
     return [

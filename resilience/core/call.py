@@ -59,9 +59,17 @@ class Call:
 
     def replace(self, **changes: Any) -> Call:
         """Return a copy with ``changes`` applied."""
-        new = Call.__new__(Call)
-        for name in Call.__slots__:
-            setattr(new, name, changes[name] if name in changes else getattr(self, name))
+        new = _new_call(Call)
+        new.method = self.method
+        new.kind = self.kind
+        new.side = self.side
+        new.request = self.request
+        new.metadata = self.metadata
+        new.deadline = self.deadline
+        new.attempt = self.attempt
+        new.context = self.context
+        for name, value in changes.items():
+            setattr(new, name, value)
         return new
 
     def time_remaining(self, now: float | None = None) -> float | None:
@@ -72,3 +80,6 @@ class Call:
 
     def __repr__(self) -> str:
         return f"<Call {self.side} {self.method} attempt={self.attempt}>"
+
+
+_new_call = object.__new__

@@ -1,0 +1,1 @@
+"""Demo apps served by the resilience framework."""

@@ -1,0 +1,1 @@
+"""A small in-memory key/value cache served over gRPC."""

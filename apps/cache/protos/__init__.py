@@ -1,0 +1,1 @@
+"""The cache app's protobuf definitions and the code generated from them."""

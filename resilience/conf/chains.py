@@ -1,0 +1,150 @@
+"""Resolve each method's chain from settings: which middleware, in what order, with what options.
+
+Client options are looked up from the least to the most specific table, option by option:
+the middleware's defaults, ``CLIENT_OPTIONS[name]``, ``CLIENT_METHOD_OPTIONS[service][name]``
+and ``CLIENT_METHOD_OPTIONS[service/method][name]``, like gRPC service config's
+most-specific match. The server has one stack, so only ``SERVER_OPTIONS[name]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from resilience.checks import CheckMessage, error
+from resilience.conf.options import build_options
+from resilience.conf.settings import Settings
+from resilience.core.call import Side
+from resilience.core.chain import MiddlewareSpec
+from resilience.core.errors import ImproperlyConfigured
+from resilience.core.loading import import_string
+from resilience.core.middleware import Middleware
+
+
+def service_of(method: str) -> str:
+    return method.partition("/")[0]
+
+
+def lookup(table: Mapping[str, Any], key: str) -> Any:
+    """Case-insensitive lookup, since environment variables arrive upper-case."""
+    if key in table:
+        return table[key]
+    lowered = key.lower()
+    for k, v in table.items():
+        if k.lower() == lowered:
+            return v
+    return None
+
+
+class ChainResolver:
+    """Turns settings into ``MiddlewareSpec`` lists and collects every problem on the way."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.problems: list[CheckMessage] = []
+        self._imported: dict[str, type[Middleware] | None] = {}
+
+    def middleware_setting(self, side: Side, method: str) -> tuple[str, tuple[str, ...]]:
+        """The setting that supplies ``method``'s chain, and the chain's dotted paths."""
+        if side == "server":
+            return "SERVER_MIDDLEWARE", self.settings.SERVER_MIDDLEWARE
+        per_method = self.settings.CLIENT_METHOD_MIDDLEWARE
+        for key in (method, service_of(method)):
+            if key in per_method:
+                return f'CLIENT_METHOD_MIDDLEWARE."{key}"', per_method[key]
+        return "CLIENT_MIDDLEWARE", self.settings.CLIENT_MIDDLEWARE
+
+    def option_tables(self, side: Side, method: str) -> list[tuple[str, Mapping[str, Any]]]:
+        """(setting name, table of options per middleware name), least specific first."""
+        if side == "server":
+            return [("SERVER_OPTIONS", self.settings.SERVER_OPTIONS)]
+        per_method = self.settings.CLIENT_METHOD_OPTIONS
+        tables = [("CLIENT_OPTIONS", self.settings.CLIENT_OPTIONS)]
+        for key in (service_of(method), method):
+            if key in per_method:
+                tables.append((f'CLIENT_METHOD_OPTIONS."{key}"', per_method[key]))
+        return tables
+
+    def resolve(self, side: Side, method: str) -> list[MiddlewareSpec]:
+        """The specs of ``method``'s chain on ``side``; problems go to ``self.problems``."""
+        setting, paths = self.middleware_setting(side, method)
+        specs = []
+        seen: set[str] = set()
+        for path in paths:
+            factory = self._import(setting, path, side)
+            if factory is None:
+                continue
+            name = factory.__name__
+            if name in seen:
+                self.problems.append(error(
+                    "resilience.E006", setting,
+                    f"'{path}' is listed twice; both would read the same options",
+                    "list each middleware once per chain",
+                ))
+                continue
+            seen.add(name)
+            options = self._options(side, method, name, factory)
+            if options is not None:
+                specs.append(MiddlewareSpec(path, factory, name, options))
+        return specs
+
+    def _import(self, setting: str, path: str, side: Side) -> type[Middleware] | None:
+        if path not in self._imported:
+            self._imported[path] = self._import_uncached(setting, path)
+        factory = self._imported[path]
+        if factory is not None and side not in factory.sides:
+            other = "CLIENT" if side == "server" else "SERVER"
+            self.problems.append(error(
+                "resilience.E004", setting,
+                f"'{path}' is a {'/'.join(sorted(factory.sides))} middleware and cannot run "
+                f"on the {side}",
+                f"move it to {other}_MIDDLEWARE or remove it from {setting}",
+            ))
+            return None
+        return factory
+
+    def _import_uncached(self, setting: str, path: str) -> type[Middleware] | None:
+        try:
+            obj = import_string(path)
+        except ImproperlyConfigured as exc:
+            self.problems.append(error(
+                "resilience.E002", setting, str(exc),
+                "check the spelling; built-in middleware live in resilience.middleware",
+            ))
+            return None
+        if not (inspect.isclass(obj) and issubclass(obj, Middleware)):
+            self.problems.append(error(
+                "resilience.E003", setting,
+                f"'{path}' is not a middleware: expected a subclass of "
+                f"resilience.Middleware, got {type(obj).__name__} {obj!r}",
+                "list middleware classes only; see 'Writing your own middleware' in the README",
+            ))
+            return None
+        return obj
+
+    def _options(
+        self, side: Side, method: str, name: str, factory: type[Middleware]
+    ) -> Any:
+        merged: dict[str, Any] = {}
+        sources = []
+        for setting, table in self.option_tables(side, method):
+            values = lookup(table, name)
+            if values is None:
+                continue
+            if not isinstance(values, Mapping):
+                self.problems.append(error(
+                    "resilience.E005", f"{setting}.{name}",
+                    f"is {values!r}; expected a table of options",
+                    f"write it as [{setting}.{name}] with one key per option",
+                ))
+                return None
+            merged.update(values)
+            sources.append(f"{setting}.{name}")
+        options, problems = build_options(factory.Options, merged)
+        for message in problems:
+            self.problems.append(error(
+                "resilience.E005", " + ".join(sources) or name, f"{name}: {message}",
+                f"see the options of {name} in the README's middleware reference",
+            ))
+        return options

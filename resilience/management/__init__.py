@@ -1,0 +1,105 @@
+"""manage.py: find commands by convention and run them, as Django's management does."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from resilience.core.errors import ImproperlyConfigured
+from resilience.management.base import BaseCommand, CommandError
+
+__all__ = ["BaseCommand", "CommandError", "call_command", "execute_from_command_line"]
+
+
+def _commands_in(package: str) -> dict[str, str]:
+    try:
+        module = importlib.import_module(package)
+    except ModuleNotFoundError:
+        return {}
+    return {
+        info.name: package
+        for info in pkgutil.iter_modules(module.__path__)
+        if not info.ispkg and not info.name.startswith("_")
+    }
+
+
+def _installed_apps(argv: list[str]) -> tuple[str, ...]:
+    """The apps named by the settings that ``argv`` selects, or none if they do not load."""
+    from resilience.conf.settings import load_settings
+
+    def flag(name: str) -> str | None:
+        for i, arg in enumerate(argv):
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+        return None
+
+    try:
+        return load_settings(flag("--settings"), flag("--env")).INSTALLED_APPS
+    except ImproperlyConfigured:
+        return ()
+
+
+def find_commands(argv: list[str] | None = None) -> dict[str, str]:
+    """Command name -> package; an app's command of the same name overrides the built-in."""
+    commands = _commands_in("resilience.management.commands")
+    for app in _installed_apps(argv or []):
+        commands.update(_commands_in(f"{app}.management.commands"))
+    return commands
+
+
+def load_command(name: str, argv: list[str] | None = None, **streams: Any) -> BaseCommand:
+    commands = find_commands(argv)
+    if name not in commands:
+        raise CommandError(
+            f"unknown command '{name}'; available: {', '.join(sorted(commands))}", 2
+        )
+    module = importlib.import_module(f"{commands[name]}.{name}")
+    return module.Command(**streams)
+
+
+def call_command(name: str, *args: str, **streams: Any) -> int:
+    """Run a command as from the command line (for tests); return its exit status."""
+    command = load_command(name, list(args), **streams)
+    options = vars(command.create_parser("manage.py", name).parse_args(list(args)))
+    return command.execute(**options)
+
+
+def _usage(prog: str, argv: list[str]) -> str:
+    lines = [f"usage: {prog} COMMAND [options]", "", "commands:"]
+    for name, package in sorted(find_commands(argv).items()):
+        module = importlib.import_module(f"{package}.{name}")
+        lines.append(f"  {name:<12} {module.Command.help}")
+    lines.append("")
+    lines.append(f"'{prog} COMMAND --help' describes a command.")
+    return "\n".join(lines)
+
+
+def execute_from_command_line(argv: list[str] | None = None) -> int:
+    """Entry point of manage.py: ``manage.py COMMAND [options]``."""
+    argv = list(sys.argv if argv is None else argv)
+    prog = Path(argv[0]).name
+    rest = argv[1:]
+    if not rest or rest[0] in {"-h", "--help", "help"}:
+        sys.stdout.write(_usage(prog, rest) + "\n")
+        return 0
+    try:
+        command = load_command(rest[0], rest[1:])
+        options = vars(command.create_parser(prog, rest[0]).parse_args(rest[1:]))
+        return command.execute(**options)
+    except CommandError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return exc.returncode
+    except KeyboardInterrupt:
+        return 130
+
+
+def main() -> None:
+    """Console entry point (``resilience-admin``)."""
+    os.environ.setdefault("RESILIENCE_SETTINGS", str(Path.cwd() / "settings" / "settings.toml"))
+    sys.exit(execute_from_command_line(sys.argv))

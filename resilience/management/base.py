@@ -1,0 +1,77 @@
+"""The base of every management command, modelled on Django's BaseCommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+from resilience.apps.registry import Apps
+from resilience.checks import CheckMessage
+from resilience.conf.settings import Settings, load_settings
+from resilience.conf.validation import run_checks
+from resilience.core.errors import ImproperlyConfigured
+from resilience.log import configure_logging
+
+
+class CommandError(Exception):
+    """Stops a command with a message and no traceback; ``returncode`` is the exit status."""
+
+    def __init__(self, message: str, returncode: int = 1) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+
+class BaseCommand:
+    """Subclass as ``Command`` in ``<app>/management/commands/<name>.py``.
+
+    ``requires_checks`` makes the command refuse to start while ``check`` finds errors.
+    """
+
+    help = ""
+    requires_checks = False
+
+    def __init__(self, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.settings: Settings
+        self.apps: Apps | None = None
+
+    def create_parser(self, prog: str, name: str) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=self.help)
+        parser.add_argument("--settings", help="settings file (default: $RESILIENCE_SETTINGS "
+                            "or settings/settings.toml)")
+        parser.add_argument("--env", help="environment (default: $RESILIENCE_ENV or development)")
+        self.add_arguments(parser)
+        return parser
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the command's own arguments."""
+
+    def handle(self, **options: Any) -> int | None:
+        raise NotImplementedError
+
+    def write(self, text: str = "") -> None:
+        self.stdout.write(text + "\n")
+
+    def report(self, messages: list[CheckMessage]) -> None:
+        for message in messages:
+            self.stderr.write(message.format(self.settings.env) + "\n")
+
+    def execute(self, **options: Any) -> int:
+        """Load settings, run checks if required, then ``handle``; return the exit status."""
+        try:
+            self.settings = load_settings(options.get("settings"), options.get("env"))
+        except ImproperlyConfigured as exc:
+            raise CommandError(f"ERROR resilience.E000 settings: {exc}") from None
+        configure_logging(self.settings.LOG_LEVEL, self.settings.LOG_FORMAT)
+        if self.requires_checks:
+            self.apps, messages = run_checks(self.settings)
+            errors = [m for m in messages if m.is_error]
+            if errors:
+                self.report(errors)
+                raise CommandError(
+                    f"refusing to start: {len(errors)} configuration error(s); "
+                    f"run 'manage.py check' for the full list"
+                )
+        return self.handle(**options) or 0

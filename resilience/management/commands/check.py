@@ -1,0 +1,27 @@
+"""``manage.py check``: list every configuration problem at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resilience.conf.validation import run_checks
+from resilience.management.base import BaseCommand, CommandError
+
+
+class Command(BaseCommand):
+    help = "Validate the settings and every client and server chain."
+
+    def handle(self, **options: Any) -> int:
+        _, messages = run_checks(self.settings)
+        self.report(messages)
+        errors = sum(m.is_error for m in messages)
+        if errors:
+            raise CommandError(
+                f"check found {errors} error(s) and {len(messages) - errors} warning(s) "
+                f"in environment '{self.settings.env}' ({self.settings.path})"
+            )
+        self.write(
+            f"check: no errors, {len(messages)} warning(s) in environment "
+            f"'{self.settings.env}' ({self.settings.path})"
+        )
+        return 0

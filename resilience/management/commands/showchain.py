@@ -1,0 +1,55 @@
+"""``manage.py showchain``: each method's chain as it will run, with effective options."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+import grpc
+
+from resilience.conf.chains import ChainResolver
+from resilience.management.base import BaseCommand, CommandError
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, frozenset | tuple | list):
+        items = sorted(v.name if isinstance(v, grpc.StatusCode) else str(v) for v in value)
+        return "[" + ", ".join(items) + "]"
+    return repr(value)
+
+
+class Command(BaseCommand):
+    help = "Print each method's resolved chain, outermost first, with its effective options."
+    requires_checks = True
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--side", choices=["client", "server"], help="only this side")
+        parser.add_argument("method", nargs="?", help="only this method (package.Service/Method)")
+
+    def handle(self, **options: Any) -> int:
+        assert self.apps is not None
+        methods = sorted(self.apps.methods())
+        if options["method"]:
+            if options["method"] not in methods:
+                raise CommandError(
+                    f"no installed app serves '{options['method']}'; "
+                    f"known methods: {', '.join(methods)}"
+                )
+            methods = [options["method"]]
+        resolver = ChainResolver(self.settings)
+        sides = [options["side"]] if options["side"] else ["client", "server"]
+        for side in sides:
+            for method in methods:
+                setting, _ = resolver.middleware_setting(side, method)
+                self.write(f"{side} {method}  (from {setting})")
+                specs = resolver.resolve(side, method)
+                if not specs:
+                    self.write("  (no middleware)")
+                for position, spec in enumerate(specs, 1):
+                    fields = dataclasses.fields(spec.options)
+                    shown = ", ".join(f"{f.name}={_show(getattr(spec.options, f.name))}"
+                                      for f in fields)
+                    self.write(f"  {position}. {spec.name} ({spec.path}) {shown}".rstrip())
+                self.write()
+        return 0

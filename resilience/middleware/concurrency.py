@@ -1,0 +1,150 @@
+"""Cap the calls in flight, so that overload turns into quick RESOURCE_EXHAUSTED answers
+rather than a queue that makes every call late."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import grpc
+
+from resilience.core.call import Call
+from resilience.core.errors import RpcStatusError
+from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+
+
+class _Slots:
+    """A counter of calls in flight; check-and-increment happens under one lock."""
+
+    __slots__ = ("_lock", "in_flight", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.limit = limit
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self.in_flight >= self.limit:
+                return False
+            self.in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+class _ReleasingIterator:
+    """Pass a response stream through and free the slot when it ends, fails, is closed, or
+    is dropped without ever being iterated (``__del__``)."""
+
+    __slots__ = ("_release", "_responses")
+
+    def __init__(self, responses: Any, release: Callable[[], None]) -> None:
+        self._release = release  # first, so __del__ still frees the slot if iter() fails
+        self._responses = iter(responses)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._responses)
+        except BaseException:  # StopIteration included: the stream is over either way
+            self._release()
+            raise
+
+    def close(self) -> None:
+        self._release()
+        close = getattr(self._responses, "close", None)
+        if close is not None:
+            close()
+
+    def __del__(self) -> None:
+        self._release()
+
+
+class ConcurrencyLimit(Middleware):
+    """Reject calls beyond ``max_in_flight`` with RESOURCE_EXHAUSTED.
+
+    Meant for servers; on a client it bounds what one channel sends. With
+    ``scope = "server"`` every method of the server (or channel) shares one counter.
+    """
+
+    @dataclasses.dataclass(frozen=True)
+    class Options(MiddlewareOptions):
+        max_in_flight: int = option(100, "Calls allowed in flight at once.", ge=1)
+        scope: Literal["server", "method"] = option(
+            "server",
+            "'server': one limit shared by every method of the server or channel; "
+            "'method': one limit per method.",
+        )
+
+    options: Options
+
+    def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
+        super().__init__(handler, options, info)
+        limit = self.options.max_in_flight
+        if self.options.scope == "server":
+            # setdefault is atomic, so chains built concurrently still share one counter.
+            self._slots: _Slots = info.shared.setdefault(f"concurrency:{info.name}", _Slots(limit))
+            where = "server" if info.side == "server" else "channel"
+            scope = f"all methods of this {where}"
+            if info.target:
+                scope += f" ({info.target})"
+        else:
+            self._slots = _Slots(limit)
+            scope = f"method {info.method}"
+        self._scope = scope
+        self._streaming = info.kind.response_streaming
+
+    @property
+    def in_flight(self) -> int:
+        return self._slots.in_flight
+
+    @property
+    def limit(self) -> int:
+        return self._slots.limit
+
+    def __call__(self, call: Call) -> Any:
+        slots = self._slots
+        if not slots.acquire():
+            raise RpcStatusError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"concurrency limit reached: {slots.limit} calls in flight for "
+                f"{self._scope}; retry later",
+            )
+        if self._streaming:
+            return self._stream(call)
+        try:
+            return self.handler(call)
+        finally:
+            slots.release()
+
+    def _stream(self, call: Call) -> _ReleasingIterator:
+        release = self._release_once()
+        if call.context is not None:
+            # A cancelled client may leave the stream unconsumed; grpc still runs this.
+            call.context.add_callback(release)
+        try:
+            responses = self.handler(call)
+        except BaseException:
+            release()
+            raise
+        return _ReleasingIterator(responses, release)
+
+    def _release_once(self) -> Callable[[], None]:
+        """A release that frees the slot on its first call only, from any thread."""
+        token = [self._slots]
+
+        def release() -> None:
+            try:
+                slots = token.pop()  # atomic: exactly one caller gets the slot back
+            except IndexError:
+                return
+            slots.release()
+
+        return release

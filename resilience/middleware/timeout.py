@@ -1,0 +1,43 @@
+"""Give client calls a deadline.
+
+The deadline is absolute, so where Timeout sits in the chain decides what it bounds:
+
+* outside Retry it bounds all attempts together, backoff sleeps included, and Retry
+  stops early rather than sleep past it;
+* inside Retry it bounds each attempt on its own, since every attempt passes through it
+  afresh.
+
+It only ever tightens: a caller's earlier deadline is kept, never extended. The terminal
+handler turns the deadline into grpc's ``timeout=``, so no thread or timer is needed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from time import monotonic
+from typing import Any, cast
+
+from resilience.core.call import Call
+from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+
+
+class Timeout(Middleware):
+    """Set ``call.deadline`` to ``seconds`` from now unless the call already ends sooner."""
+
+    sides = frozenset({"client"})
+
+    @dataclasses.dataclass(frozen=True)
+    class Options(MiddlewareOptions):
+        seconds: float = option(
+            1.0, "Seconds the call may take from the moment it reaches this layer.", gt=0
+        )
+
+    def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
+        super().__init__(handler, options, info)
+        self.seconds = cast(Timeout.Options, options).seconds
+
+    def __call__(self, call: Call) -> Any:
+        deadline = monotonic() + self.seconds
+        if call.deadline is None or deadline < call.deadline:
+            return self.handler(call.replace(deadline=deadline))
+        return self.handler(call)

@@ -1,0 +1,247 @@
+"""The client side: a ``grpc.Channel`` wrapper that runs each method through its own chain.
+
+Generated stubs call ``channel.unary_unary(...)`` and friends once, when the stub is made;
+that is where each method's chain is built, so the per-call path is the chain and nothing
+else. Code that calls a stub does not change.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from resilience.conf.chains import ChainResolver
+from resilience.core.call import Call, CallKind
+from resilience.core.chain import build_chain
+from resilience.core.errors import ImproperlyConfigured, RpcStatusError
+from resilience.core.middleware import Handler, Middleware
+
+# grpcio retries transparently by default; ours would multiply with them, so every channel
+# the framework builds turns them off and leaves retrying to the Retry middleware.
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.enable_retries", 0),)
+
+
+def normalise_method(method: str | bytes) -> str:
+    """'/cache.CacheService/Get' (str or bytes) -> 'cache.CacheService/Get'."""
+    if isinstance(method, bytes):
+        method = method.decode("ascii")
+    return method.lstrip("/")
+
+
+class CallOptions:
+    """The per-call grpc arguments that middleware do not touch, carried to the terminal."""
+
+    __slots__ = ("capture", "compression", "credentials", "grpc_call", "wait_for_ready")
+
+    def __init__(
+        self, credentials: Any, wait_for_ready: Any, compression: Any, capture: bool = False
+    ) -> None:
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+        self.capture = capture
+        self.grpc_call: Any = None
+
+
+def _timeout(call: Call) -> float | None:
+    if call.deadline is None:
+        return None
+    remaining = call.deadline - time.monotonic()
+    if remaining <= 0:
+        raise RpcStatusError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"deadline for {call.method} passed before attempt {call.attempt} started",
+        )
+    return remaining
+
+
+def _terminal(inner: Any) -> Handler:
+    """The innermost handler: the real grpc multicallable, with the chain's deadline."""
+
+    def send(call: Call) -> Any:
+        opts: CallOptions | None = call.context
+        if opts is None:
+            return inner(call.request, timeout=_timeout(call), metadata=call.metadata or None)
+        kwargs = {
+            "timeout": _timeout(call),
+            "metadata": call.metadata or None,
+            "credentials": opts.credentials,
+            "wait_for_ready": opts.wait_for_ready,
+            "compression": opts.compression,
+        }
+        if opts.capture:
+            response, opts.grpc_call = inner.with_call(call.request, **kwargs)
+            return response
+        return inner(call.request, **kwargs)
+
+    return send
+
+
+class _MultiCallable:
+    """Stands in for grpc's multicallables; ``__call__`` builds a Call and runs the chain."""
+
+    __slots__ = ("_chain", "_kind", "_method")
+
+    def __init__(self, method: str, kind: CallKind, chain: Handler) -> None:
+        self._method = method
+        self._kind = kind
+        self._chain = chain
+
+    def _call(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        options: CallOptions | None,
+    ) -> Call:
+        return Call(
+            self._method,
+            self._kind,
+            "client",
+            request,
+            metadata=tuple(metadata) if metadata else (),
+            deadline=None if timeout is None else time.monotonic() + timeout,
+            context=options,
+        )
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        options = None
+        if credentials is not None or wait_for_ready is not None or compression is not None:
+            options = CallOptions(credentials, wait_for_ready, compression)
+        return self._chain(self._call(request, timeout, metadata, options))
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, Any]:
+        """Like grpc's: (response, call). The call is ``None`` when a fallback answered."""
+        if self._kind.response_streaming:
+            raise TypeError("with_call is only for unary-response methods")
+        options = CallOptions(credentials, wait_for_ready, compression, capture=True)
+        response = self._chain(self._call(request, timeout, metadata, options))
+        return response, options.grpc_call
+
+    def future(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            f"{self._method}: future() does not run through resilience chains; call the "
+            f"method directly (from a thread if needed) or use the asyncio client"
+        )
+
+
+class ResilientChannel(grpc.Channel):
+    """Wraps a channel so that every method runs through the chain its settings give it.
+
+    Chains are built once per method and kept for the channel's life, so every stub made
+    on this channel shares one circuit breaker per method.
+    """
+
+    def __init__(self, channel: grpc.Channel, resolver: ChainResolver, target: str = "") -> None:
+        self._channel = channel
+        self._resolver = resolver
+        self._target = target
+        self._shared: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._built: dict[tuple[str, CallKind], _MultiCallable] = {}
+        self.middleware: dict[str, list[Middleware]] = {}
+
+    def _multicallable(
+        self, factory: Callable[..., Any], method: str | bytes, kind: CallKind, **kwargs: Any
+    ) -> _MultiCallable:
+        name = normalise_method(method)
+        with self._lock:
+            built = self._built.get((name, kind))
+            if built is None:
+                inner = factory(method, **kwargs)
+                specs = self._resolver.resolve("client", name)
+                if self._resolver.problems:
+                    problems = "; ".join(p.msg for p in self._resolver.problems)
+                    raise ImproperlyConfigured(f"client chain for {name}: {problems}")
+                chain, used = build_chain(
+                    specs, _terminal(inner), method=name, kind=kind,
+                    side="client", shared=self._shared, target=self._target,
+                )
+                built = _MultiCallable(name, kind, chain)
+                self._built[(name, kind)] = built
+                self.middleware[name] = used
+        return built
+
+    def unary_unary(self, method: Any, request_serializer: Any = None,
+                    response_deserializer: Any = None, **kwargs: Any) -> Any:
+        return self._multicallable(
+            self._channel.unary_unary, method, CallKind.UNARY_UNARY,
+            request_serializer=request_serializer,
+            response_deserializer=response_deserializer, **kwargs,
+        )
+
+    def unary_stream(self, method: Any, request_serializer: Any = None,
+                     response_deserializer: Any = None, **kwargs: Any) -> Any:
+        return self._multicallable(
+            self._channel.unary_stream, method, CallKind.UNARY_STREAM,
+            request_serializer=request_serializer,
+            response_deserializer=response_deserializer, **kwargs,
+        )
+
+    def stream_unary(self, method: Any, request_serializer: Any = None,
+                     response_deserializer: Any = None, **kwargs: Any) -> Any:
+        return self._multicallable(
+            self._channel.stream_unary, method, CallKind.STREAM_UNARY,
+            request_serializer=request_serializer,
+            response_deserializer=response_deserializer, **kwargs,
+        )
+
+    def stream_stream(self, method: Any, request_serializer: Any = None,
+                      response_deserializer: Any = None, **kwargs: Any) -> Any:
+        return self._multicallable(
+            self._channel.stream_stream, method, CallKind.STREAM_STREAM,
+            request_serializer=request_serializer,
+            response_deserializer=response_deserializer, **kwargs,
+        )
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self._channel.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        self._channel.unsubscribe(callback)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ResilientChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    target: str,
+    settings: Any,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> ResilientChannel:
+    """Open a channel to ``target`` whose methods run through the settings' client chains."""
+    all_options = [*CHANNEL_OPTIONS, *options]
+    if credentials is None:
+        channel = grpc.insecure_channel(target, options=all_options)
+    else:
+        channel = grpc.secure_channel(target, credentials, options=all_options)
+    return ResilientChannel(channel, ChainResolver(settings), target)
+

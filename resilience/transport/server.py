@@ -1,0 +1,154 @@
+"""The server side: one interceptor that runs every app method through the server stack.
+
+Each method's stack is built on its first call and kept, so the per-call cost is a dict
+lookup plus the stack. Health and reflection are not app methods and bypass the stack, so
+a saturated server still answers its health checks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from resilience.conf.chains import ChainResolver
+from resilience.core.call import Call, CallKind
+from resilience.core.chain import build_chain
+from resilience.core.errors import ImproperlyConfigured, RpcStatusError
+from resilience.core.middleware import Handler, Middleware
+
+# ServicerContext.time_remaining() reports a deadline-less call as decades away.
+_NO_DEADLINE = 1e8
+
+_HANDLER_FACTORIES: dict[CallKind, Callable[..., grpc.RpcMethodHandler]] = {
+    CallKind.UNARY_UNARY: grpc.unary_unary_rpc_method_handler,
+    CallKind.UNARY_STREAM: grpc.unary_stream_rpc_method_handler,
+    CallKind.STREAM_UNARY: grpc.stream_unary_rpc_method_handler,
+    CallKind.STREAM_STREAM: grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _behavior(handler: grpc.RpcMethodHandler, kind: CallKind) -> Callable[[Any, Any], Any]:
+    return {
+        CallKind.UNARY_UNARY: handler.unary_unary,
+        CallKind.UNARY_STREAM: handler.unary_stream,
+        CallKind.STREAM_UNARY: handler.stream_unary,
+        CallKind.STREAM_STREAM: handler.stream_stream,
+    }[kind]
+
+
+def _as_status(context: Any, exc: Exception) -> Exception:
+    """A servicer's ``context.abort`` raises a bare Exception; turn it into its status."""
+    code = context.code()
+    if code is None or code is grpc.StatusCode.OK or isinstance(exc, grpc.RpcError):
+        return exc
+    details = context.details() or b""
+    if isinstance(details, bytes):
+        details = details.decode("utf-8", "replace")
+    return RpcStatusError(code, details)
+
+
+def _terminal(behavior: Callable[[Any, Any], Any], kind: CallKind) -> Handler:
+    if kind.response_streaming:
+
+        def stream(call: Call) -> Iterator[Any]:
+            try:
+                yield from behavior(call.request, call.context)
+            except Exception as exc:
+                raise _as_status(call.context, exc) from exc
+
+        return stream
+
+    def unary(call: Call) -> Any:
+        try:
+            return behavior(call.request, call.context)
+        except Exception as exc:
+            raise _as_status(call.context, exc) from exc
+
+    return unary
+
+
+def _abort(context: Any, exc: RpcStatusError) -> None:
+    if exc.trailing_metadata():
+        context.set_trailing_metadata(exc.trailing_metadata())
+    context.abort(exc.code(), exc.details())
+
+
+def _entry(chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], Any]:
+    """The function grpc calls per RPC: build the Call, run the stack, report its status."""
+
+    def make_call(request: Any, context: Any) -> Call:
+        remaining = context.time_remaining()
+        deadline = None if remaining > _NO_DEADLINE else time.monotonic() + remaining
+        return Call(
+            method, kind, "server", request,
+            metadata=context.invocation_metadata(), deadline=deadline, context=context,
+        )
+
+    if kind.response_streaming:
+
+        def serve_stream(request: Any, context: Any) -> Iterator[Any]:
+            try:
+                yield from chain(make_call(request, context))
+            except RpcStatusError as exc:
+                _abort(context, exc)
+
+        return serve_stream
+
+    def serve(request: Any, context: Any) -> Any:
+        try:
+            return chain(make_call(request, context))
+        except RpcStatusError as exc:
+            _abort(context, exc)
+
+    return serve
+
+
+class ChainInterceptor(grpc.ServerInterceptor):
+    """Wraps the handlers of ``methods`` in the server stack; others pass through."""
+
+    def __init__(self, resolver: ChainResolver, methods: set[str], target: str = "") -> None:
+        self._resolver = resolver
+        self._methods = methods
+        self._target = target
+        self._shared: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self.middleware: dict[str, list[Middleware]] = {}
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        full = handler_call_details.method
+        try:
+            return self._wrapped[full]
+        except KeyError:
+            pass
+        handler = continuation(handler_call_details)
+        name = full.lstrip("/")
+        if handler is None or name not in self._methods:
+            return handler
+        with self._lock:
+            if full not in self._wrapped:
+                self._wrapped[full] = self._wrap(name, handler)
+        return self._wrapped[full]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        kind = CallKind((handler.request_streaming, handler.response_streaming))
+        specs = self._resolver.resolve("server", method)
+        if self._resolver.problems:
+            problems = "; ".join(p.msg for p in self._resolver.problems)
+            raise ImproperlyConfigured(f"server stack for {method}: {problems}")
+        chain, used = build_chain(
+            specs, _terminal(_behavior(handler, kind), kind), method=method, kind=kind,
+            side="server", shared=self._shared, target=self._target,
+        )
+        self.middleware[method] = used
+        return _HANDLER_FACTORIES[kind](
+            _entry(chain, method, kind),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,57 @@
+"""Assemble a runnable server: app services behind the stack, plus health and reflection."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from resilience.apps.registry import Apps
+from resilience.conf.chains import ChainResolver
+from resilience.conf.settings import Settings
+from resilience.core.errors import ImproperlyConfigured
+from resilience.transport.server import ChainInterceptor
+
+log = structlog.get_logger(__name__)
+
+
+class Server:
+    """A grpc server serving every installed app, with graceful, health-aware shutdown."""
+
+    def __init__(self, settings: Settings, apps: Apps, address: str) -> None:
+        self.settings = settings
+        self.interceptor = ChainInterceptor(ChainResolver(settings), set(apps.methods()), address)
+        self.grpc_server = grpc.server(
+            ThreadPoolExecutor(max_workers=settings.SERVER_MAX_WORKERS),
+            interceptors=[self.interceptor],
+        )
+        for service in apps.services():
+            service.add_to_server(service.servicer(settings), self.grpc_server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        names = apps.service_names()
+        for name in ["", *names]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc_server
+        )
+        self.port = self.grpc_server.add_insecure_port(address)
+        if self.port == 0:
+            raise ImproperlyConfigured(f"cannot listen on '{address}' (SERVER_ADDRESS)")
+        host = address.rpartition(":")[0]
+        self.address = f"{host}:{self.port}"
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        log.info("server_started", address=self.address, env=self.settings.env)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING first, so balancers drain, then let in-flight calls finish."""
+        grace = self.settings.SERVER_GRACE_PERIOD if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        log.info("server_draining", grace_s=grace)
+        self.grpc_server.stop(grace).wait()
+        log.info("server_stopped")
