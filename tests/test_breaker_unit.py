@@ -256,3 +256,29 @@ def test_one_breaker_per_instance_named_after_the_method():
     a, b = make(Backend()), make(Backend())
     assert a.breaker is not b.breaker
     assert a.breaker.name == METHOD
+
+
+def test_lost_trial_is_replaced_after_reset_timeout():
+    failing = True
+
+    def stream(call):
+        if failing:
+            raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, "down")
+        yield "first"
+        yield "second"
+
+    kind = CallKind.UNARY_STREAM
+    mw = make(stream, kind=kind, fail_max=1, reset_timeout=0.2)
+    with pytest.raises(RpcStatusError):
+        list(mw(make_call(kind=kind)))
+    time.sleep(0.5)
+    failing = False
+    lost = mw(make_call(kind=kind))
+    assert next(lost) == "first"  # the trial, left hanging
+    with pytest.raises(RpcStatusError):
+        list(mw(make_call(kind=kind)))
+    time.sleep(0.5)
+    assert list(mw(make_call(kind=kind))) == ["first", "second"]
+    assert mw.state == "closed"
+    lost.close()  # a late report from the superseded trial changes nothing
+    assert mw.state == "closed"

@@ -3,7 +3,7 @@
 The state machine is pybreaker's (its storage, states, counters and listeners), driven by
 hand instead of through ``pybreaker.CircuitBreaker.call``: that method holds the breaker's
 lock for the whole RPC and so serialises every call through one method. Here the lock is
-held only to admit a call and to record its outcome.
+held only to admit a call while the breaker is not closed and to record an outcome.
 
 Half-open policy: once ``reset_timeout`` has passed, the next call becomes the single
 trial; calls arriving while it is in flight fail fast as if the breaker were open. A trial
@@ -12,10 +12,13 @@ presumed lost and the next call becomes the trial. ``success_threshold`` success
 in a row close the breaker; a failed trial opens it again.
 
 Outcomes: a status in ``failure_codes`` is a failure; any other status is a success, since
-the server answered. CANCELLED, a stream closed early and ``BaseException`` s such as
-KeyboardInterrupt count as neither: they are the caller's doing and say nothing about the
+the server answered. CANCELLED, a stream closed early and non-``Exception`` errors such
+as KeyboardInterrupt count as neither: they are the caller's doing and say nothing about the
 server. Outcomes of calls admitted while closed are ignored once the breaker has left the
-closed state, so only the trial moves a half-open breaker.
+closed state, so only the trial moves a half-open breaker. A success while closed with
+no failures counted would change nothing, so it skips the lock and pybreaker entirely;
+listeners' ``success()`` therefore hears only successes that reset a count or close the
+breaker.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ class CircuitBreaker(Middleware):
     """Fail fast with UNAVAILABLE while a method keeps failing, instead of piling on.
 
     One breaker per client method per channel, so one bad method does not cut off the
-    others. ``breaker`` is the underlying ``pybreaker.CircuitBreaker``.
+    others. ``breaker`` is the underlying ``pybreaker.CircuitBreaker``. For
+    response-streaming methods the fallback returns an iterable of responses, and is used
+    only before the first response: after that it would splice made-up data onto real data.
     """
 
     sides: ClassVar[frozenset[Side]] = frozenset({"client"})
@@ -161,12 +166,15 @@ class CircuitBreaker(Middleware):
     def __call__(self, call: Call) -> Any:
         if self._streaming:
             return self._guard_stream(call)
-        try:
-            probe = self._admit()
-        except RpcStatusError as error:
-            if self._fallback is None:
-                raise
-            return self._fallback(call.request, error)
+        storage = self._storage
+        probe = None
+        if storage.state != pybreaker.STATE_CLOSED:
+            try:
+                probe = self._admit()
+            except RpcStatusError as error:
+                if self._fallback is None:
+                    raise
+                return self._fallback(call.request, error)
         try:
             response = self.handler(call)
         except Exception as exc:
@@ -177,14 +185,16 @@ class CircuitBreaker(Middleware):
         except BaseException as exc:
             self._settle(probe, exc)
             raise
-        self._settle(probe, None)
+        # A success while closed with no failures counted would change nothing: skip the lock.
+        if probe is not None or storage.counter:
+            self._settle(probe, None)
         return response
 
     def _guard_stream(self, call: Call) -> Iterator[Any]:
         """Admit on first ``next()`` and record when the stream ends, since only then is
         the outcome known. An unstarted stream therefore never holds the trial slot."""
         try:
-            probe = self._admit()
+            probe = None if self._storage.state == pybreaker.STATE_CLOSED else self._admit()
         except RpcStatusError as error:
             if self._fallback is None:
                 raise
@@ -197,7 +207,6 @@ class CircuitBreaker(Middleware):
                 yield response
         except Exception as exc:
             self._settle(probe, exc)
-            # After a partial stream a fallback would splice made-up data onto real data.
             if sent or self._fallback is None or status_of(exc) not in self._failure_codes:
                 raise
             yield from self._fallback(call.request, exc)
@@ -205,12 +214,11 @@ class CircuitBreaker(Middleware):
         except BaseException as exc:
             self._settle(probe, exc)
             raise
-        self._settle(probe, None)
+        if probe is not None or self._storage.counter:
+            self._settle(probe, None)
 
     def _admit(self) -> object | None:
         """Let the call through or raise UNAVAILABLE; return a token if it is the trial."""
-        if self._storage.state == pybreaker.STATE_CLOSED:
-            return None
         with self._lock:
             state = self.breaker.state.name
             if state == pybreaker.STATE_CLOSED:

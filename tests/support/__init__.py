@@ -1,0 +1,1 @@
+"""Shared test helpers: settings built in code, a scriptable servicer, real servers."""
