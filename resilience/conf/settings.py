@@ -34,22 +34,17 @@ class Settings:
         self.path = path
         self.raw = {k.upper(): v for k, v in raw.items() if k.upper() not in _SWITCHES}
         self.problems: list[tuple[str, str]] = []
-        known = {k: v for k, v in self.raw.items() if k in GlobalSettings.__dataclass_fields__}
-        core, problems = build_options(GlobalSettings, known, "setting")
-        if core is None:
-            core = self._salvage(known)
-        self.core = core
-        self.problems.extend(problems_by_setting(problems))
-
-    def _salvage(self, known: dict[str, Any]) -> GlobalSettings:
         good = {}
-        for key, value in known.items():
-            built, _ = build_options(GlobalSettings, {key: value}, "setting")
-            if built is not None:
+        for key, value in self.raw.items():
+            if key not in GlobalSettings.__dataclass_fields__:
+                continue
+            _, problems = build_options(GlobalSettings, {key: value}, "setting")
+            self.problems.extend((key, message) for message in problems)
+            if not problems:
                 good[key] = value
         core, _ = build_options(GlobalSettings, good, "setting")
-        assert core is not None
-        return core
+        assert core is not None, "values valid one by one are valid together"
+        self.core = core
 
     def __getattr__(self, name: str) -> Any:
         if name.isupper() and name in GlobalSettings.__dataclass_fields__:
@@ -61,19 +56,6 @@ class Settings:
         if key in GlobalSettings.__dataclass_fields__:
             return getattr(self.core, key)
         return self.raw.get(key, default)
-
-    def where(self, setting: str) -> str:
-        """How messages name a setting: ``CLIENT_OPTIONS.Retry (environment 'production')``."""
-        return f"{setting} (environment '{self.env}', {self.path})"
-
-
-def problems_by_setting(problems: list[str]) -> list[tuple[str, str]]:
-    """Split "setting 'X' is ..." messages into (X, message) pairs."""
-    result = []
-    for message in problems:
-        name = message.split("'")[1] if message.count("'") >= 2 else "settings"
-        result.append((name, message))
-    return result
 
 
 def settings_path(path: str | os.PathLike[str] | None = None) -> Path:

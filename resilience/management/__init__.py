@@ -12,6 +12,8 @@ from typing import Any
 from resilience.core.errors import ImproperlyConfigured
 from resilience.management.base import BaseCommand, CommandError
 
+GLOBAL_OPTIONS = frozenset({"--settings", "--env"})
+
 __all__ = ["BaseCommand", "CommandError", "call_command", "execute_from_command_line"]
 
 
@@ -80,12 +82,21 @@ def _usage(prog: str, argv: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _command_first(args: list[str]) -> list[str]:
+    """Accept the global options before the command too: ``manage.py --env testing check``."""
+    leading: list[str] = []
+    while args and args[0].split("=", 1)[0] in GLOBAL_OPTIONS:
+        takes = 1 if "=" in args[0] else 2
+        leading, args = leading + args[:takes], args[takes:]
+    return args[:1] + leading + args[1:] if args else leading
+
+
 def execute_from_command_line(argv: list[str] | None = None) -> int:
     """Entry point of manage.py: ``manage.py COMMAND [options]``."""
     argv = list(sys.argv if argv is None else argv)
     prog = Path(argv[0]).name
-    rest = argv[1:]
-    if not rest or rest[0] in {"-h", "--help", "help"}:
+    rest = _command_first(argv[1:])
+    if not rest or rest[0] == "help" or rest[0].startswith("-"):
         sys.stdout.write(_usage(prog, rest) + "\n")
         return 0
     try:

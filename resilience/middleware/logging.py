@@ -54,11 +54,19 @@ class RequestLogging(Middleware):
         self._log(call, start, self._ok_code(call))
 
     def _ok_code(self, call: Call) -> grpc.StatusCode:
-        """OK, unless a server handler returned normally after ``context.set_code(...)``."""
+        """OK, unless a server handler returned normally after ``context.set_code(...)``, or
+        after its client had gone (the deadline passed, or the call was cancelled): the
+        client never saw that answer."""
         if self._server:
-            code = call.context.code()
+            context = call.context
+            code = context.code()
             if code is not None:
                 return code
+            if not context.is_active():
+                remaining = call.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    return grpc.StatusCode.DEADLINE_EXCEEDED
+                return grpc.StatusCode.CANCELLED
         return grpc.StatusCode.OK
 
     def _error_code(self, call: Call, exc: BaseException) -> grpc.StatusCode:

@@ -108,12 +108,15 @@ def _entry(chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], 
 
 
 class ChainInterceptor(grpc.ServerInterceptor):
-    """Wraps the handlers of ``methods`` in the server stack; others pass through."""
+    """Wraps the handlers of ``methods`` in the server stack; others pass through.
+
+    ``target`` is the address middleware are told they serve; set it once bound.
+    """
 
     def __init__(self, resolver: ChainResolver, methods: set[str], target: str = "") -> None:
         self._resolver = resolver
         self._methods = methods
-        self._target = target
+        self.target = target
         self._shared: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
@@ -144,7 +147,7 @@ class ChainInterceptor(grpc.ServerInterceptor):
             raise ImproperlyConfigured(f"server stack for {method}: {problems}")
         chain, used = build_chain(
             specs, _terminal(_behavior(handler, kind), kind), method=method, kind=kind,
-            side="server", shared=self._shared, target=self._target,
+            side="server", shared=self._shared, target=self.target,
         )
         self.middleware[method] = used
         return _HANDLER_FACTORIES[kind](

@@ -43,6 +43,9 @@ class Server:
             raise ImproperlyConfigured(f"cannot listen on '{address}' (SERVER_ADDRESS)")
         host = address.rpartition(":")[0]
         self.address = f"{host}:{self.port}"
+        # Stacks are built on first call, after binding: give them the bound address, not
+        # the requested one (whose port may be 0).
+        self.interceptor.target = self.address
 
     def start(self) -> None:
         self.grpc_server.start()

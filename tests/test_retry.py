@@ -1,0 +1,159 @@
+"""Retry against a real server: it makes exactly the attempts configured (grpcio's own retries
+do not multiply them), retries only retryable statuses, spaces attempts with growing
+backoffs, and never sleeps past the call's deadline."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import grpc
+import pytest
+from structlog.testing import capture_logs
+
+from apps.cache.protos import cache_pb2, cache_pb2_grpc
+from resilience.conf.chains import ChainResolver
+from resilience.transport.client import ResilientChannel, connect
+from tests.support.scripted import ScriptedServicer
+from tests.support.servers import client, make_settings, running_server
+
+pytestmark = pytest.mark.timeout(60)
+
+GET = "cache.CacheService/Get"
+
+
+def retry_settings(**retry: Any) -> Any:
+    options = {"max_attempts": 4, "initial_backoff": 0.01, "max_backoff": 0.02, **retry}
+    return make_settings(
+        CLIENT_MIDDLEWARE=["resilience.middleware.Retry"],
+        CLIENT_OPTIONS={"Retry": options},
+    )
+
+
+def retry_events(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry.get("event") == "retrying"]
+
+
+def test_always_unavailable_makes_exactly_max_attempts() -> None:
+    settings = retry_settings()
+    servicer = ScriptedServicer()
+    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "scripted UNAVAILABLE on attempt 4" in info.value.details()
+        assert servicer.attempts["fail=UNAVAILABLE"] == 4
+        assert stub.channel.middleware[GET][0].retries == 3
+
+
+def test_succeeds_on_the_attempt_after_transient_failures() -> None:
+    settings = retry_settings()
+    servicer = ScriptedServicer()
+    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+        response = stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE*2"), timeout=10)
+        assert response.value == b"fail=UNAVAILABLE*2"
+        assert servicer.attempts["fail=UNAVAILABLE*2"] == 3
+
+
+@pytest.mark.parametrize(
+    "key, code",
+    [("notfound", grpc.StatusCode.NOT_FOUND),
+     ("fail=INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT)],
+)
+def test_non_retryable_status_is_attempted_once(key: str, code: grpc.StatusCode) -> None:
+    settings = retry_settings()
+    servicer = ScriptedServicer()
+    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+        with capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
+            stub.Get(cache_pb2.GetReq(key=key), timeout=10)
+        assert info.value.code() == code
+        assert servicer.attempts[key] == 1
+        assert retry_events(logs) == []
+
+
+def test_full_jitter_backoffs_stay_under_a_growing_cap() -> None:
+    settings = retry_settings(
+        max_attempts=5, backoff="exponential", jitter="full",
+        initial_backoff=0.02, multiplier=2, max_backoff=1.0,
+    )
+    servicer = ScriptedServicer()
+    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+        with capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
+            stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        events = retry_events(logs)
+        assert [e["attempt"] for e in events] == [1, 2, 3, 4]
+        for event in events:
+            cap_ms = 20 * 2 ** (event["attempt"] - 1)
+            assert 0 <= event["backoff_ms"] <= cap_ms, event
+            assert event["method"] == GET
+            assert event["code"] == "UNAVAILABLE"
+        assert servicer.attempts["fail=UNAVAILABLE"] == 5
+
+
+def test_backoffs_without_jitter_are_exact() -> None:
+    settings = retry_settings(
+        max_attempts=5, backoff="exponential", jitter="none",
+        initial_backoff=0.02, multiplier=2, max_backoff=1.0,
+    )
+    servicer = ScriptedServicer()
+    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+        start = time.monotonic()
+        with capture_logs() as logs, pytest.raises(grpc.RpcError):
+            stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE"), timeout=10)
+        elapsed = time.monotonic() - start
+        assert [e["backoff_ms"] for e in retry_events(logs)] == [20, 40, 80, 160]
+        # The waits really happened: 0.3 s of backoff in all.
+        assert elapsed >= 0.29
+        assert servicer.attempts["fail=UNAVAILABLE"] == 5
+
+
+def test_never_sleeps_past_the_deadline() -> None:
+    settings = retry_settings(initial_backoff=1.0, max_backoff=1.0, jitter="none")
+    servicer = ScriptedServicer()
+    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+        assert stub.Get(cache_pb2.GetReq(key="warm"), timeout=5).value == b"warm"
+        start = time.monotonic()
+        with capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
+            stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE"), timeout=0.3)
+        elapsed = time.monotonic() - start
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert elapsed < 0.5
+        assert servicer.attempts["fail=UNAVAILABLE"] == 1
+        assert retry_events(logs) == []
+
+
+GRPC_RETRY_POLICY = json.dumps({
+    "methodConfig": [{
+        "name": [{"service": "cache.CacheService"}],
+        "retryPolicy": {
+            "maxAttempts": 5,
+            "initialBackoff": "0.01s",
+            "maxBackoff": "0.01s",
+            "backoffMultiplier": 1,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+})
+
+
+def test_grpcio_built_in_retries_are_off_on_framework_channels() -> None:
+    """A service config that asks grpcio to retry UNAVAILABLE 5 times would multiply our 2
+    attempts into 10; connect() switches grpcio's retries off, so the server sees 2. The
+    control wraps a plain channel with the same service config, to show the policy bites."""
+    settings = retry_settings(max_attempts=2)
+    options = [("grpc.service_config", GRPC_RETRY_POLICY)]
+    servicer = ScriptedServicer()
+    with running_server(settings, servicer) as server:
+        channels = {
+            "fail=UNAVAILABLE": connect(server.address, settings, options=options),
+            "fail=UNAVAILABLE*99": ResilientChannel(
+                grpc.insecure_channel(server.address, options=options), ChainResolver(settings)
+            ),
+        }
+        for key, channel in channels.items():
+            with channel, pytest.raises(grpc.RpcError):
+                cache_pb2_grpc.CacheServiceStub(channel).Get(cache_pb2.GetReq(key=key), timeout=10)
+    assert servicer.attempts["fail=UNAVAILABLE"] == 2
+    assert servicer.attempts["fail=UNAVAILABLE*99"] == 2 * 5
