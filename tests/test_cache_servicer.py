@@ -104,9 +104,10 @@ def test_servicer_reads_limits_from_settings() -> None:
 def test_check_reports_bad_limits() -> None:
     config = CacheConfig()
     assert config.check(Settings()) == []
-    assert config.check(Settings(CACHE_MAX_VALUE_BYTES=-1, CACHE_MAX_KEY_BYTES="big")) == [
-        "CACHE_MAX_VALUE_BYTES is -1; expected a whole number > 0",
-        "CACHE_MAX_KEY_BYTES is 'big'; expected a whole number > 0",
+    messages = config.check(Settings(CACHE_MAX_VALUE_BYTES=-1, CACHE_MAX_KEY_BYTES="big"))
+    assert [(m.id, m.setting, m.msg, m.is_error) for m in messages] == [
+        ("cache.E001", "CACHE_MAX_VALUE_BYTES", "is -1; expected a whole number > 0", True),
+        ("cache.E001", "CACHE_MAX_KEY_BYTES", "is 'big'; expected a whole number > 0", True),
     ]
     assert config.check(Settings(CACHE_MAX_KEY_BYTES=True)) != []
 

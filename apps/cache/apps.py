@@ -7,6 +7,7 @@ from typing import Any
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from apps.cache.servicer import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, CacheServicer
 from resilience.apps.config import AppConfig, Service
+from resilience.checks import CheckMessage, error
 
 _LIMITS = {
     "CACHE_MAX_VALUE_BYTES": DEFAULT_MAX_VALUE_BYTES,
@@ -25,11 +26,13 @@ class CacheConfig(AppConfig):
         ),
     )
 
-    def check(self, settings: Any) -> list[Any]:
+    def check(self, settings: Any) -> list[CheckMessage]:
         """The size limits must be whole numbers above zero; a bool is not a number here."""
-        problems: list[Any] = []
-        for setting, default in _LIMITS.items():
-            value = settings.get(setting, default)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                problems.append(f"{setting} is {value!r}; expected a whole number > 0")
-        return problems
+        return [
+            error("cache.E001", setting, f"is {value!r}; expected a whole number > 0",
+                  f"set {setting} to a size in bytes, or remove it for {default}")
+            for setting, default in _LIMITS.items()
+            if isinstance(value := settings.get(setting, default), bool)
+            or not isinstance(value, int)
+            or value <= 0
+        ]

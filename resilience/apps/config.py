@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
+from resilience.checks import CheckMessage
 from resilience.core.call import CallKind
 
 
@@ -42,6 +43,7 @@ class AppConfig:
     name: ClassVar[str] = ""
     services: ClassVar[tuple[Service, ...]] = ()
 
-    def check(self, settings: Any) -> list[Any]:
-        """Return the app's own check messages (see ``resilience.checks``)."""
+    def check(self, settings: Any) -> list[CheckMessage]:
+        """The app's own checks, such as of its settings; ``resilience.checks.error`` makes
+        a message."""
         return []

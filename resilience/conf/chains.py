@@ -44,6 +44,8 @@ class ChainResolver:
         self.settings = settings
         self.problems: list[CheckMessage] = []
         self._imported: dict[str, type[Middleware] | None] = {}
+        # Names of the middleware each side's chains list, even those whose options are bad.
+        self.listed: dict[str, set[str]] = {"client": set(), "server": set()}
 
     def middleware_setting(self, side: Side, method: str) -> tuple[str, tuple[str, ...]]:
         """The setting that supplies ``method``'s chain, and the chain's dotted paths."""
@@ -84,6 +86,7 @@ class ChainResolver:
                 ))
                 continue
             seen.add(name)
+            self.listed[side].add(name)
             options = self._options(side, method, name, factory)
             if options is not None:
                 specs.append(MiddlewareSpec(path, factory, name, options))

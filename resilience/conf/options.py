@@ -28,7 +28,12 @@ def describe(tp: Any) -> str:
         parts = [describe(a) for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(parts) + " (or leave unset)"
     if origin is dict:
-        return "a table whose values are " + describe(typing.get_args(tp)[1])
+        value = typing.get_args(tp)[1]
+        if value is Any:
+            return "a table"
+        if typing.get_origin(value) is dict:
+            return "a table of tables"
+        return "a table whose values are " + describe(value)
     if tp is Any:
         return "any value"
     if origin in (tuple, frozenset):

@@ -85,7 +85,7 @@ def load_settings(
     environments = sorted(k.lower() for k in sections if k.lower() not in {"default", "global"})
     if env not in environments:
         raise ImproperlyConfigured(
-            f"{ENV_VAR} is '{env}', but {file} has no [{env}] section; "
+            f"environment '{env}' (from --env or {ENV_VAR}) has no [{env}] section in {file}; "
             f"choose one of: {', '.join(environments)}"
         )
     secrets = file.with_name(".secrets.toml")

@@ -11,9 +11,10 @@ from resilience.core.errors import ImproperlyConfigured
 
 
 def _setting_problems(settings: Settings) -> list[CheckMessage]:
+    # "setting 'X' is 'v'; expected ..." -> "is 'v'; expected ...": keep the offending value.
     return [
-        error("resilience.E001", name, message.split(";", 1)[-1].strip() if ";" in message
-              else message, f"fix {name} in {settings.path}; see the settings reference")
+        error("resilience.E001", name, message.removeprefix(f"setting '{name}' "),
+              f"fix {name} in {settings.path}; see the settings reference")
         for name, message in settings.problems
     ]
 
@@ -36,12 +37,7 @@ def _apps(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
     except ImproperlyConfigured as exc:
         return None, [error("resilience.E007", "INSTALLED_APPS", str(exc),
                             "list importable app packages, such as 'apps.cache'")]
-    messages = [
-        error("resilience.E007", "INSTALLED_APPS", f"app '{config.name}': {problem}",
-              f"fix the setting in {settings.path}")
-        for config in apps.configs
-        for problem in config.check(settings)
-    ]
+    messages = [message for config in apps.configs for message in config.check(settings)]
     messages += [
         warning("resilience.W002", "INSTALLED_APPS", f"app '{config.name}' declares no services",
                 "add Service entries to its AppConfig.services, or remove the app")
@@ -101,12 +97,11 @@ def run_checks(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
     if apps is not None:
         methods = apps.methods()
         resolver = ChainResolver(settings)
-        used: dict[str, set[str]] = {"client": set(), "server": set()}
         for side in ("server", "client"):
             for method in methods:
-                used[side].update(spec.name for spec in resolver.resolve(side, method))
+                resolver.resolve(side, method)
         messages += resolver.problems + _method_keys(settings, set(methods))
-        messages += _unused_options(settings, used)
+        messages += _unused_options(settings, resolver.listed)
     messages = unique(messages)
     messages.sort(key=lambda m: not m.is_error)
     return apps, messages

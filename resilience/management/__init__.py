@@ -29,8 +29,8 @@ def _commands_in(package: str) -> dict[str, str]:
     }
 
 
-def _installed_apps(argv: list[str]) -> tuple[str, ...]:
-    """The apps named by the settings that ``argv`` selects, or none if they do not load."""
+def _installed_apps(argv: list[str]) -> tuple[tuple[str, ...], str]:
+    """The apps named by the settings that ``argv`` selects, and why they did not load."""
     from resilience.conf.settings import load_settings
 
     def flag(name: str) -> str | None:
@@ -42,22 +42,28 @@ def _installed_apps(argv: list[str]) -> tuple[str, ...]:
         return None
 
     try:
-        return load_settings(flag("--settings"), flag("--env")).INSTALLED_APPS
-    except ImproperlyConfigured:
-        return ()
+        return load_settings(flag("--settings"), flag("--env")).INSTALLED_APPS, ""
+    except ImproperlyConfigured as exc:
+        return (), str(exc)
 
 
-def find_commands(argv: list[str] | None = None) -> dict[str, str]:
-    """Command name -> package; an app's command of the same name overrides the built-in."""
+def find_commands(argv: list[str] | None = None) -> tuple[dict[str, str], str]:
+    """Command name -> package, and why apps' commands are missing if the settings failed.
+
+    An app's command of the same name overrides the built-in one.
+    """
     commands = _commands_in("resilience.management.commands")
-    for app in _installed_apps(argv or []):
+    apps, problem = _installed_apps(argv or [])
+    for app in apps:
         commands.update(_commands_in(f"{app}.management.commands"))
-    return commands
+    return commands, problem
 
 
 def load_command(name: str, argv: list[str] | None = None, **streams: Any) -> BaseCommand:
-    commands = find_commands(argv)
+    commands, problem = find_commands(argv)
     if name not in commands:
+        if problem:
+            raise CommandError(f"ERROR resilience.E000 settings: {problem}")
         raise CommandError(
             f"unknown command '{name}'; available: {', '.join(sorted(commands))}", 2
         )
@@ -74,10 +80,13 @@ def call_command(name: str, *args: str, **streams: Any) -> int:
 
 def _usage(prog: str, argv: list[str]) -> str:
     lines = [f"usage: {prog} COMMAND [options]", "", "commands:"]
-    for name, package in sorted(find_commands(argv).items()):
+    commands, problem = find_commands(argv)
+    for name, package in sorted(commands.items()):
         module = importlib.import_module(f"{package}.{name}")
         lines.append(f"  {name:<12} {module.Command.help}")
     lines.append("")
+    if problem:
+        lines.append(f"(apps' commands are missing: {problem})")
     lines.append(f"'{prog} COMMAND --help' describes a command.")
     return "\n".join(lines)
 

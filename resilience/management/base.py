@@ -14,6 +14,17 @@ from resilience.core.errors import ImproperlyConfigured
 from resilience.log import configure_logging
 
 
+def global_options(default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
+    """``--settings`` and ``--env``, as a parent parser. Subcommands add it with the default
+    SUPPRESS, so the options work after a subcommand's name too without resetting them."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--settings", default=default, help="settings file (default: "
+                        "$RESILIENCE_SETTINGS or settings/settings.toml)")
+    parser.add_argument("--env", default=default,
+                        help="environment (default: $RESILIENCE_ENV or development)")
+    return parser
+
+
 class CommandError(Exception):
     """Stops a command with a message and no traceback; ``returncode`` is the exit status."""
 
@@ -38,10 +49,9 @@ class BaseCommand:
         self.apps: Apps | None = None
 
     def create_parser(self, prog: str, name: str) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=self.help)
-        parser.add_argument("--settings", help="settings file (default: $RESILIENCE_SETTINGS "
-                            "or settings/settings.toml)")
-        parser.add_argument("--env", help="environment (default: $RESILIENCE_ENV or development)")
+        parser = argparse.ArgumentParser(
+            prog=f"{prog} {name}", description=self.help, parents=[global_options(None)]
+        )
         self.add_arguments(parser)
         return parser
 

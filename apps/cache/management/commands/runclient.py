@@ -13,7 +13,7 @@ from rich.table import Table
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from resilience.core.errors import status_of
 from resilience.loadgen import LoadResult, run_load
-from resilience.management.base import BaseCommand, CommandError
+from resilience.management.base import BaseCommand, CommandError, global_options
 from resilience.middleware import CircuitBreaker, Retry
 from resilience.transport.client import ResilientChannel, connect
 
@@ -32,13 +32,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--target", help="HOST:PORT (default: CLIENT_TARGET)")
         sub = parser.add_subparsers(dest="action", required=True)
-        get = sub.add_parser("get", help="print the value of KEY")
+        common = [global_options()]
+        get = sub.add_parser("get", help="print the value of KEY", parents=common)
         get.add_argument("key")
-        store = sub.add_parser("store", help="store VALUE under KEY")
+        store = sub.add_parser("store", help="store VALUE under KEY", parents=common)
         store.add_argument("key")
         store.add_argument("value")
-        sub.add_parser("dump", help="print every key and value")
-        load = sub.add_parser("load", help="drive load and print a summary")
+        sub.add_parser("dump", help="print every key and value", parents=common)
+        load = sub.add_parser("load", help="drive load and print a summary", parents=common)
         load.add_argument("--method", choices=["get", "store"], default="get")
         load.add_argument("--rate", type=float, default=200.0, help="calls per second")
         load.add_argument("--duration", type=float, default=5.0, help="seconds")

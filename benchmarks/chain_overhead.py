@@ -1,0 +1,609 @@
+"""What the default client chain costs per call.
+
+The default chain (Retry, Timeout, CircuitBreaker) is compared with a bare grpc stub, and
+with tenacity plus pybreaker stacked by hand around the bare stub, the way the same
+policy is written without this framework. Four measurements:
+
+* sequential latency over loopback: the clients take turns in many short rounds, so slow
+  drift of the machine touches them all alike; the median per call and the median of the
+  per-round ratios are reported;
+* in-process cost with no network: the same chain over a terminal that returns a
+  constant, in nanoseconds per call, against a bare function call;
+* concurrent throughput: 16 threads calling through one channel per client, rounds
+  interleaved, in calls per second;
+* targets, reported as pass or fail: latency within 3% of bare, throughput at least
+  0.97x bare, and the chain cheaper than tenacity + pybreaker.
+
+The server is the real CacheServicer with no server middleware, in a separate process,
+so the client process's cost is what is measured. Run with
+``python -m benchmarks.chain_overhead [--quick]`` or ``manage.py bench chain_overhead``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+import timeit
+import traceback
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+import pybreaker
+from rich.console import Console
+from rich.table import Table
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from apps.cache.protos import cache_pb2, cache_pb2_grpc
+from resilience.conf.chains import ChainResolver
+from resilience.conf.settings import Settings
+from resilience.core.call import Call, CallKind
+from resilience.core.chain import build_chain
+from resilience.transport.client import ResilientChannel, connect
+
+NAME = "chain_overhead"
+RESULTS = Path(__file__).resolve().parent / "results" / f"{NAME}.json"
+METHOD = "cache.CacheService/Get"
+KEY = "bench-key"
+VALUE = b"v" * 64
+DEFAULT_CLIENT_MIDDLEWARE = [
+    "resilience.middleware.Retry",
+    "resilience.middleware.Timeout",
+    "resilience.middleware.CircuitBreaker",
+]
+LATENCY_RATIO_MAX = 1.03
+THROUGHPUT_RATIO_MIN = 0.97
+# The server process never outlives this, even if the parent dies without telling it.
+SERVER_MAX_LIFETIME_S = 900.0
+SERVER_START_TIMEOUT_S = 60.0
+
+Get = Callable[[cache_pb2.GetReq], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much to measure; every loop in the benchmark is bounded by these numbers."""
+
+    warmup_calls: int
+    latency_rounds: int
+    latency_calls: int
+    inproc_number: int
+    inproc_repeat: int
+    throughput_rounds: int
+    throughput_seconds: float
+    throughput_threads: int
+    throughput_max_calls: int  # per thread per measurement, a bound besides the duration
+
+
+FULL = Plan(
+    warmup_calls=1000, latency_rounds=30, latency_calls=300,
+    inproc_number=20_000, inproc_repeat=7,
+    throughput_rounds=8, throughput_seconds=1.5, throughput_threads=16,
+    throughput_max_calls=200_000,
+)
+QUICK = Plan(
+    warmup_calls=50, latency_rounds=3, latency_calls=30,
+    inproc_number=1000, inproc_repeat=2,
+    throughput_rounds=1, throughput_seconds=0.2, throughput_threads=4,
+    throughput_max_calls=5000,
+)
+
+
+def bench_settings(**values: Any) -> Settings:
+    """Settings built in code, over the documented defaults."""
+    return Settings(values, env="benchmark", path=Path("<bench>"))
+
+
+# --- the server, in its own process ------------------------------------------------------
+
+
+def _serve(conn: Any) -> None:
+    """Child process: serve the cache app with no server middleware until told to stop."""
+    try:
+        from resilience.apps.registry import load_apps
+        from resilience.log import configure_logging
+        from resilience.transport.serving import Server
+
+        configure_logging("WARNING")
+        settings = bench_settings(SERVER_MIDDLEWARE=[], LOG_LEVEL="WARNING")
+        server = Server(settings, load_apps(settings.INSTALLED_APPS), "127.0.0.1:0")
+        server.start()
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        raise
+    try:
+        conn.send(("ok", server.address))
+        # Returns on "stop", or at EOF when the parent has gone, or at the lifetime bound.
+        conn.poll(SERVER_MAX_LIFETIME_S)
+    finally:
+        server.stop(grace=0)
+
+
+@contextlib.contextmanager
+def server_process() -> Iterator[str]:
+    """A cache server in a spawned process on a loopback port; yields its address."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve, args=(child,), name="bench-server", daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(SERVER_START_TIMEOUT_S):
+            raise RuntimeError(f"benchmark server did not start in {SERVER_START_TIMEOUT_S:g}s")
+        try:
+            status, detail = parent.recv()
+        except EOFError:
+            status, detail = "error", f"the server process exited ({proc.exitcode})"
+        if status != "ok":
+            raise RuntimeError(f"benchmark server failed to start:\n{detail}")
+        yield detail
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        parent.close()
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+# --- the clients -------------------------------------------------------------------------
+
+
+def _bare_channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+
+
+def _tenacity_retrying() -> Retrying:
+    return Retrying(
+        stop=stop_after_attempt(3),
+        wait=wait_random_exponential(multiplier=0.05, max=1),
+        retry=retry_if_exception(
+            lambda e: isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.UNAVAILABLE
+        ),
+        reraise=True,
+    )
+
+
+def _tenacity_breaker() -> pybreaker.CircuitBreaker:
+    return pybreaker.CircuitBreaker(fail_max=5, reset_timeout=10)
+
+
+class Clients:
+    """One channel per way of calling Get, each as a ``get(request)`` function."""
+
+    def __init__(self, address: str, settings: Settings) -> None:
+        self.channels: list[grpc.Channel] = []
+        bare = cache_pb2_grpc.CacheServiceStub(self._keep(_bare_channel(address))).Get
+        chain_channel = connect(address, settings)
+        chain = cache_pb2_grpc.CacheServiceStub(self._keep(chain_channel)).Get
+        names = [type(m).__name__ for m in chain_channel.middleware[METHOD]]
+        if names != ["Retry", "Timeout", "CircuitBreaker"]:
+            raise RuntimeError(f"expected the default client chain, built {names}")
+        stub = cache_pb2_grpc.CacheServiceStub(self._keep(_bare_channel(address))).Get
+        retrying = _tenacity_retrying()
+        breaker = _tenacity_breaker()
+
+        def tenacity(request: cache_pb2.GetReq) -> Any:
+            return retrying(breaker.call, stub, request, timeout=1.0)
+
+        lone = cache_pb2_grpc.CacheServiceStub(self._keep(_bare_channel(address))).Get
+        lone_breaker = _tenacity_breaker()
+
+        def pybreaker_only(request: cache_pb2.GetReq) -> Any:
+            return lone_breaker.call(lone, request, timeout=1.0)
+
+        self.latency: dict[str, Get] = {"bare": bare, "chain": chain, "tenacity": tenacity}
+        self.throughput: dict[str, Get] = {**self.latency, "pybreaker_call": pybreaker_only}
+        self.store = cache_pb2_grpc.CacheServiceStub(self.channels[0]).Store
+
+    def _keep(self, channel: grpc.Channel) -> grpc.Channel:
+        self.channels.append(channel)
+        return channel
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+
+
+# --- measurements ------------------------------------------------------------------------
+
+
+def _rotated(names: list[str], by: int) -> list[str]:
+    by %= len(names)
+    return names[by:] + names[:by]
+
+
+def _timed_calls(get: Get, request: cache_pb2.GetReq, n: int) -> list[int]:
+    clock = time.perf_counter_ns
+    samples = []
+    append = samples.append
+    for _ in range(n):
+        start = clock()
+        get(request)
+        append(clock() - start)
+    return samples
+
+
+def measure_latency(clients: Clients, request: cache_pb2.GetReq, plan: Plan) -> dict[str, Any]:
+    """Sequential calls, clients interleaved in short rounds; medians in microseconds."""
+    names = list(clients.latency)
+    for name in names:
+        _timed_calls(clients.latency[name], request, plan.warmup_calls)
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    round_medians: dict[str, list[float]] = {name: [] for name in names}
+    cpu = dict.fromkeys(names, 0.0)
+    for round_no in range(plan.latency_rounds):
+        for name in _rotated(names, round_no):
+            cpu_start = time.process_time()
+            got = _timed_calls(clients.latency[name], request, plan.latency_calls)
+            cpu[name] += time.process_time() - cpu_start
+            samples[name].extend(got)
+            round_medians[name].append(statistics.median(got))
+    result: dict[str, Any] = {
+        "rounds": plan.latency_rounds,
+        "calls_per_round": plan.latency_calls,
+        "median_us": {n: statistics.median(s) / 1000 for n, s in samples.items()},
+        "p90_us": {n: _percentile(s, 90) / 1000 for n, s in samples.items()},
+        "p99_us": {n: _percentile(s, 99) / 1000 for n, s in samples.items()},
+        "client_cpu_us_per_call": {n: c * 1e6 / len(samples[n]) for n, c in cpu.items()},
+    }
+    bare = result["median_us"]["bare"]
+    result["ratio"] = {n: result["median_us"][n] / bare for n in names if n != "bare"}
+    result["round_ratio_median"] = {
+        n: statistics.median(
+            m / b for m, b in zip(round_medians[n], round_medians["bare"], strict=True)
+        )
+        for n in names
+        if n != "bare"
+    }
+    return result
+
+
+def _percentile(samples: list[int], p: float) -> float:
+    ordered = sorted(samples)
+    return float(ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))])
+
+
+class _ConstantChannel(grpc.Channel):
+    """A channel whose multicallables answer at once: the client path minus the network."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+    def _constant(self, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        response = self.response
+
+        def call(request: Any, timeout: Any = None, metadata: Any = None, **_: Any) -> Any:
+            return response
+
+        return call
+
+    unary_unary = unary_stream = stream_unary = stream_stream = _constant
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        pass
+
+    def unsubscribe(self, callback: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def measure_in_process(settings: Settings, request: Any, plan: Plan) -> dict[str, Any]:
+    """Nanoseconds per call, best of ``inproc_repeat``, with no network at all."""
+    response = cache_pb2.GetResp(value=VALUE)
+    resolver = ChainResolver(settings)
+    specs = resolver.resolve("client", METHOD)
+    if resolver.problems:
+        raise RuntimeError("; ".join(p.msg for p in resolver.problems))
+    kind = CallKind.UNARY_UNARY
+
+    def constant(call: Call) -> Any:
+        return response
+
+    chain, _ = build_chain(
+        specs, constant, method=METHOD, kind=kind, side="client", shared={}, target="bench"
+    )
+    channel = ResilientChannel(_ConstantChannel(response), ChainResolver(settings), "bench")
+    stub_get = cache_pb2_grpc.CacheServiceStub(channel).Get
+    inner = _ConstantChannel(response)._constant()
+    retrying = _tenacity_retrying()
+    breaker = _tenacity_breaker()
+    names = {
+        "bare_call": "inner(request)",
+        "chain": "chain(Call(method, kind, 'client', request))",
+        "chain_stub": "stub_get(request)",
+        "tenacity": "retrying(breaker.call, inner, request, timeout=1.0)",
+        "pybreaker_call": "breaker.call(inner, request, timeout=1.0)",
+    }
+    namespace = {
+        "inner": inner, "chain": chain, "Call": Call, "method": METHOD, "kind": kind,
+        "request": request, "stub_get": stub_get, "retrying": retrying, "breaker": breaker,
+    }
+    best: dict[str, float] = {name: float("inf") for name in names}
+    for _ in range(plan.inproc_repeat):  # interleaved, like the latency rounds
+        for name, stmt in names.items():
+            seconds = timeit.Timer(stmt, globals=namespace).timeit(plan.inproc_number)
+            best[name] = min(best[name], seconds * 1e9 / plan.inproc_number)
+    base = best["bare_call"]
+    return {
+        "number": plan.inproc_number,
+        "repeat": plan.inproc_repeat,
+        "ns_per_call": best,
+        "overhead_ns": {n: v - base for n, v in best.items() if n != "bare_call"},
+        "what": {
+            "bare_call": "a function returning a constant",
+            "chain": "the default chain over that function, a Call built per call",
+            "chain_stub": "a stub on a ResilientChannel over a constant channel: "
+            "Call, chain and terminal, as a real client call runs them",
+            "tenacity": "tenacity Retrying + pybreaker call() around that function",
+            "pybreaker_call": "pybreaker call() alone around that function",
+        },
+    }
+
+
+def _run_threads(get: Get, request: Any, threads: int, seconds: float, max_calls: int
+                 ) -> tuple[int, int, float]:
+    """(calls, errors, elapsed seconds) for ``threads`` threads calling for ``seconds``."""
+    barrier = threading.Barrier(threads + 1)
+    calls = [0] * threads
+    errors = [0] * threads
+    ends = [0.0] * threads
+    stop_at = [0.0]
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        clock = time.perf_counter
+        deadline = stop_at[0]
+        n = failed = 0
+        while n < max_calls and clock() < deadline:
+            n += 1
+            try:
+                get(request)
+            except grpc.RpcError:
+                failed += 1
+        calls[i] = n
+        errors[i] = failed
+        ends[i] = clock()
+
+    pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    start = time.perf_counter()
+    stop_at[0] = start + seconds
+    barrier.wait()
+    for thread in pool:
+        thread.join(seconds + 60)
+    if any(thread.is_alive() for thread in pool):
+        raise RuntimeError("throughput workers did not finish")
+    return sum(calls), sum(errors), max(ends) - start
+
+
+def measure_throughput(clients: Clients, request: Any, plan: Plan) -> dict[str, Any]:
+    """Calls per second with ``throughput_threads`` threads sharing one channel per client."""
+    names = list(clients.throughput)
+    threads, seconds = plan.throughput_threads, plan.throughput_seconds
+    for name in names:  # warm up every client under concurrency
+        _run_threads(clients.throughput[name], request, threads, min(0.2, seconds), 2000)
+    totals = {name: [0, 0, 0.0, 0.0] for name in names}
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for round_no in range(plan.throughput_rounds):
+        for name in _rotated(names, round_no):
+            cpu_start = time.process_time()
+            calls, errors, elapsed = _run_threads(
+                clients.throughput[name], request, threads, seconds, plan.throughput_max_calls
+            )
+            totals[name][3] += time.process_time() - cpu_start
+            totals[name][0] += calls
+            totals[name][1] += errors
+            totals[name][2] += elapsed
+            per_round[name].append(calls / elapsed)
+    rate = {n: t[0] / t[2] for n, t in totals.items()}
+    return {
+        "threads": threads,
+        "seconds_per_measurement": seconds,
+        "rounds": plan.throughput_rounds,
+        "calls_per_s": rate,
+        "errors": {n: int(t[1]) for n, t in totals.items()},
+        "client_cpu_us_per_call": {n: t[3] * 1e6 / max(1, t[0]) for n, t in totals.items()},
+        "ratio": {n: rate[n] / rate["bare"] for n in names if n != "bare"},
+        "round_ratio_median": {
+            n: statistics.median(
+                r / b for r, b in zip(per_round[n], per_round["bare"], strict=True)
+            )
+            for n in names
+            if n != "bare"
+        },
+    }
+
+
+def judge(results: dict[str, Any]) -> dict[str, Any]:
+    """The targets, each with its figure and whether it was met."""
+    latency = results["latency"]["round_ratio_median"]["chain"]
+    throughput = results["throughput"]["round_ratio_median"]["chain"]
+    inproc = results["in_process"]["ns_per_call"]
+    lat_us = results["latency"]["median_us"]
+    return {
+        "latency_ratio": {
+            "value": latency, "target": f"<= {LATENCY_RATIO_MAX}",
+            "passed": latency <= LATENCY_RATIO_MAX,
+        },
+        "throughput_ratio": {
+            "value": throughput, "target": f">= {THROUGHPUT_RATIO_MIN}",
+            "passed": throughput >= THROUGHPUT_RATIO_MIN,
+        },
+        "cheaper_than_tenacity": {
+            "value": {
+                "in_process_ns": [inproc["chain_stub"], inproc["tenacity"]],
+                "latency_us": [lat_us["chain"], lat_us["tenacity"]],
+            },
+            "target": "chain below tenacity + pybreaker, in process and in latency",
+            "passed": inproc["chain_stub"] < inproc["tenacity"]
+            and lat_us["chain"] < lat_us["tenacity"],
+        },
+    }
+
+
+def machine() -> dict[str, Any]:
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(affinity) if affinity is not None else os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "grpcio": grpc.__version__,
+        "pybreaker": version("pybreaker"),
+        "tenacity": version("tenacity"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def _mark(passed: bool) -> str:
+    return "[green]pass[/]" if passed else "[red]FAIL[/]"
+
+
+def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
+    console = Console(file=stdout or sys.stdout)
+    if not console.is_terminal:
+        console.width = 110
+    lat, inproc, tput = results["latency"], results["in_process"], results["throughput"]
+    title = f"chain overhead{' (quick: figures are rough)' if results['quick'] else ''}"
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("bare", justify="right")
+    table.add_column("chain", justify="right")
+    table.add_column("tenacity+pybreaker", justify="right")
+    table.add_column("pybreaker call()", justify="right")
+
+    def row(label: str, values: dict[str, float], fmt: str, keys: tuple[str, ...]) -> None:
+        table.add_row(label, *[format(values[k], fmt) if k in values else "-" for k in keys])
+
+    keys = ("bare", "chain", "tenacity", "pybreaker_call")
+    row("latency median (µs)", lat["median_us"], ".1f", keys)
+    row("latency p99 (µs)", lat["p99_us"], ".1f", keys)
+    row("latency ratio vs bare", lat["ratio"], ".3f", keys)
+    row("  median of round ratios", lat["round_ratio_median"], ".3f", keys)
+    row("  client CPU µs/call", lat["client_cpu_us_per_call"], ".1f", keys)
+    ns = dict(inproc["ns_per_call"])
+    ns_keys = ("bare_call", "chain_stub", "tenacity", "pybreaker_call")
+    row("in-process ns/call", ns, ".0f", ns_keys)
+    row("  chain alone (no stub/terminal)", {"chain_stub": ns["chain"]}, ".0f", ns_keys)
+    row(f"throughput calls/s ({tput['threads']} threads)", tput["calls_per_s"], ".0f", keys)
+    row("throughput ratio vs bare", tput["ratio"], ".3f", keys)
+    row("  median of round ratios", tput["round_ratio_median"], ".3f", keys)
+    row("  client CPU µs/call", tput["client_cpu_us_per_call"], ".1f", keys)
+    console.print(table)
+    for name, target in results["targets"].items():
+        value = target["value"]
+        shown = f"{value:.3f}" if isinstance(value, float) else json.dumps(
+            {k: [round(x, 1) for x in v] for k, v in value.items()}
+        )
+        console.print(f"{_mark(target['passed'])} {name}: {shown} (target {target['target']})")
+    errors = {n: e for n, e in tput["errors"].items() if e}
+    if errors:
+        console.print(f"[red]errors during throughput runs: {errors}[/]")
+    m = results["machine"]
+    console.print(
+        f"{m['cpus_usable']} cpus, Python {m['python']}, grpcio {m['grpcio']}, "
+        f"{results['elapsed_s']:.0f}s"
+        + (f"; written to {results['output']}" if results.get("output") else "")
+    )
+
+
+def write(results: dict[str, Any], path: Path) -> None:
+    """Write atomically, so an interrupted run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- entry points ------------------------------------------------------------------------
+
+
+def run(
+    *, quick: bool = False, stdout: TextIO | None = None, output: Path | None = None
+) -> dict[str, Any]:
+    """Measure, print a table to ``stdout`` and return the figures.
+
+    A full run writes them to ``benchmarks/results/chain_overhead.json`` (or ``output``);
+    a quick run writes only to ``output``, if given, so it never replaces full figures.
+    """
+    plan = QUICK if quick else FULL
+    began = time.perf_counter()
+    settings = bench_settings(CLIENT_MIDDLEWARE=DEFAULT_CLIENT_MIDDLEWARE)
+    request = cache_pb2.GetReq(key=KEY)
+    results: dict[str, Any] = {
+        "benchmark": NAME,
+        "quick": quick,
+        "plan": dataclasses.asdict(plan),
+        "machine": machine(),
+        "method": METHOD,
+        "client_chain": DEFAULT_CLIENT_MIDDLEWARE,
+    }
+    results["in_process"] = measure_in_process(settings, request, plan)
+    with server_process() as address:
+        clients = Clients(address, settings)
+        try:
+            clients.store(cache_pb2.StoreReq(key=KEY, value=VALUE), timeout=10)
+            gc.collect()
+            results["latency"] = measure_latency(clients, request, plan)
+            gc.collect()
+            results["throughput"] = measure_throughput(clients, request, plan)
+        finally:
+            clients.close()
+    results["targets"] = judge(results)
+    results["elapsed_s"] = time.perf_counter() - began
+    path = output if output is not None or quick else RESULTS
+    if path is not None:
+        root = RESULTS.parents[2]
+        shown = path.resolve()
+        results["output"] = str(shown.relative_to(root) if shown.is_relative_to(root) else shown)
+        write(results, path)
+    report(results, stdout)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resilience.log import configure_logging
+
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{NAME}", description=__doc__
+                                     .split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--output", type=Path, help=f"JSON file (default: {RESULTS})")
+    args = parser.parse_args(argv)
+    configure_logging("WARNING")
+    run(quick=args.quick, output=args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

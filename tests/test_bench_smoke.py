@@ -1,0 +1,85 @@
+"""The chain-overhead benchmark runs end to end; its figures are measured, never asserted."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import chain_overhead
+from resilience.management import CommandError, call_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def positive(values: dict[str, float], names: set[str]) -> None:
+    assert set(values) == names, values
+    for name, value in values.items():
+        assert isinstance(value, int | float) and value > 0, (name, value)
+
+
+@pytest.mark.timeout(60)
+def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
+    out = io.StringIO()
+    output = tmp_path / "chain_overhead.json"
+    results = chain_overhead.run(quick=True, stdout=out, output=output)
+
+    assert json.loads(output.read_text(encoding="utf-8")) == json.loads(json.dumps(results))
+    assert not list(tmp_path.glob("*.tmp"))
+    assert results["quick"] is True
+    for key in ("cpu_count", "python", "grpcio", "date"):
+        assert results["machine"][key], key
+
+    latency = results["latency"]
+    clients = {"bare", "chain", "tenacity"}
+    for key in ("median_us", "p90_us", "p99_us", "client_cpu_us_per_call"):
+        positive(latency[key], clients)
+    positive(latency["ratio"], clients - {"bare"})
+    positive(latency["round_ratio_median"], clients - {"bare"})
+
+    in_process = results["in_process"]["ns_per_call"]
+    positive(in_process, {"bare_call", "chain", "chain_stub", "tenacity", "pybreaker_call"})
+
+    throughput = results["throughput"]
+    clients = {"bare", "chain", "tenacity", "pybreaker_call"}
+    positive(throughput["calls_per_s"], clients)
+    positive(throughput["ratio"], clients - {"bare"})
+    positive(throughput["round_ratio_median"], clients - {"bare"})
+    assert throughput["errors"] == dict.fromkeys(clients, 0)
+
+    assert set(results["targets"]) == {
+        "latency_ratio", "throughput_ratio", "cheaper_than_tenacity",
+    }
+    for target in results["targets"].values():
+        assert isinstance(target["passed"], bool)
+    assert "chain overhead" in out.getvalue()
+
+
+@pytest.fixture
+def settings_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RESILIENCE_ENV", raising=False)
+    monkeypatch.setenv("RESILIENCE_SETTINGS", str(ROOT / "settings" / "settings.toml"))
+
+
+@pytest.mark.usefixtures("settings_file")
+def test_bench_lists_benchmarks() -> None:
+    out = io.StringIO()
+    assert call_command("bench", "--env", "testing", stdout=out, stderr=io.StringIO()) == 0
+    assert "chain_overhead" in out.getvalue()
+
+
+@pytest.mark.usefixtures("settings_file")
+def test_bench_unknown_name() -> None:
+    with pytest.raises(CommandError, match="unknown benchmark 'nope'; available: chain_overhead"):
+        call_command("bench", "nope", "--env", "testing", stdout=io.StringIO(),
+                     stderr=io.StringIO())
+
+
+@pytest.mark.usefixtures("settings_file")
+def test_bench_without_benchmarks_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "benchmarks", None)  # makes the import fail
+    with pytest.raises(CommandError, match="no 'benchmarks' package"):
+        call_command("bench", "--env", "testing", stdout=io.StringIO(), stderr=io.StringIO())

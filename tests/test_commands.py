@@ -1,0 +1,169 @@
+"""manage.py: command discovery, help, showchain's output and unknown commands."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from resilience.management import CommandError, call_command
+
+ROOT = Path(__file__).resolve().parents[1]
+# The commands this project must have; apps and the framework may add more.
+COMMANDS = ["check", "genproto", "runclient", "runserver", "showchain"]
+GET = "cache.CacheService/Get"
+STORE = "cache.CacheService/Store"
+DUMP = "cache.CacheService/Dump"
+
+
+def manage(*args: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py ARGS`` in a clean environment plus ``env``; never hangs."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")}
+    environ.update(env)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=environ, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("RESILIENCE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("RESILIENCE_SETTINGS", str(ROOT / "settings" / "settings.toml"))
+
+
+def showchain(*args: str) -> str:
+    out, err = io.StringIO(), io.StringIO()
+    assert call_command("showchain", *args, stdout=out, stderr=err) == 0, err.getvalue()
+    return out.getvalue()
+
+
+def chains(output: str) -> dict[tuple[str, str], list[str]]:
+    """{(side, method): [middleware names, in printed order]} from showchain's output."""
+    result: dict[tuple[str, str], list[str]] = {}
+    current: list[str] | None = None
+    for line in output.splitlines():
+        if line.startswith(("client ", "server ")):
+            side, method = line.split()[:2]
+            assert (side, method) not in result, output
+            current = result[(side, method)] = []
+        elif line.startswith("  ") and current is not None:
+            number, name = line.split()[:2]
+            assert number == f"{len(current) + 1}.", output
+            current.append(name)
+    return result
+
+
+@pytest.mark.parametrize("args", [["--help"], ["help"], []], ids=str)
+def test_help_lists_every_command(args: list[str]) -> None:
+    result = manage(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: manage.py COMMAND")
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert set(COMMANDS) <= set(listed), result.stdout
+    assert listed == sorted(listed), result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_every_command_has_help() -> None:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(zip(COMMANDS, pool.map(lambda c: manage(c, "--help"), COMMANDS),
+                           strict=True))
+    for name, result in results.items():
+        assert result.returncode == 0, (name, result.stderr)
+        assert result.stdout.startswith(f"usage: manage.py {name}"), (name, result.stdout)
+        assert "--settings" in result.stdout and "--env" in result.stdout, name
+    assert "{get,store,dump,load}" in results["runclient"].stdout
+    assert "--side" in results["showchain"].stdout
+
+
+def test_unknown_command() -> None:
+    result = manage("nosuchcommand")
+    assert result.returncode not in (0, None)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "unknown command 'nosuchcommand'" in result.stderr
+    available = result.stderr.split("available: ", 1)[1].strip().split(", ")
+    assert set(COMMANDS) <= set(available), result.stderr
+    with pytest.raises(CommandError, match=r"available: .*check, genproto, runclient") as info:
+        call_command("nosuchcommand", stdout=io.StringIO(), stderr=io.StringIO())
+    assert info.value.returncode == 2
+
+
+def test_check_in_process() -> None:
+    out = io.StringIO()
+    assert call_command("check", "--env", "testing", stdout=out, stderr=io.StringIO()) == 0
+    assert "no errors" in out.getvalue() and "'testing'" in out.getvalue()
+
+
+def test_showchain_prints_every_chain_outermost_first() -> None:
+    found = chains(showchain())
+    assert set(found) == {(side, m) for side in ("client", "server") for m in (GET, STORE, DUMP)}
+    assert found[("client", GET)] == ["Retry", "Timeout", "CircuitBreaker"]
+    assert found[("client", DUMP)] == ["Retry", "Timeout", "CircuitBreaker"]
+    assert found[("client", STORE)] == ["Timeout"]
+    for method in (GET, STORE, DUMP):
+        assert found[("server", method)] == ["RequestLogging", "ConcurrencyLimit"]
+
+
+def test_showchain_names_the_setting_and_options() -> None:
+    output = showchain("--side", "client")
+    lines = output.splitlines()
+    assert f"client {GET}  (from CLIENT_MIDDLEWARE)" in lines
+    assert f'client {STORE}  (from CLIENT_METHOD_MIDDLEWARE."{STORE}")' in lines
+    get = lines.index(f"client {GET}  (from CLIENT_MIDDLEWARE)")
+    assert lines[get + 1].startswith("  1. Retry (resilience.middleware.Retry) max_attempts=3,")
+    assert "retryable_codes=[UNAVAILABLE]" in lines[get + 1]
+    assert lines[get + 2] == "  2. Timeout (resilience.middleware.Timeout) seconds=1.0"
+    assert lines[get + 3].startswith("  3. CircuitBreaker (resilience.middleware.CircuitBreaker)")
+    store = lines.index(f'client {STORE}  (from CLIENT_METHOD_MIDDLEWARE."{STORE}")')
+    assert lines[store + 1] == "  1. Timeout (resilience.middleware.Timeout) seconds=1.0"
+    assert lines[store + 2] == ""
+
+
+def test_showchain_side_filter() -> None:
+    client = chains(showchain("--side", "client"))
+    server = chains(showchain("--side", "server"))
+    assert {side for side, _ in client} == {"client"} and len(client) == 3
+    assert {side for side, _ in server} == {"server"} and len(server) == 3
+
+
+def test_showchain_method_filter() -> None:
+    assert chains(showchain(STORE)) == {
+        ("client", STORE): ["Timeout"],
+        ("server", STORE): ["RequestLogging", "ConcurrencyLimit"],
+    }
+    assert chains(showchain("--side", "client", GET)) == {
+        ("client", GET): ["Retry", "Timeout", "CircuitBreaker"],
+    }
+
+
+def test_showchain_unknown_method() -> None:
+    message = "no installed app serves 'cache.CacheService/Gett'"
+    with pytest.raises(CommandError, match=re.escape(message)):
+        showchain("cache.CacheService/Gett")
+    result = manage("showchain", "cache.CacheService/Gett")
+    assert result.returncode == 1
+    assert "known methods: cache.CacheService/Dump, cache.CacheService/Get" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_showchain_bad_side_is_a_usage_error() -> None:
+    result = manage("showchain", "--side", "middle")
+    assert result.returncode == 2
+    assert "invalid choice: 'middle'" in result.stderr
+    assert "Traceback" not in result.stderr

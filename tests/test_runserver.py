@@ -1,0 +1,255 @@
+"""``manage.py runserver`` and ``runclient`` as real processes talking real gRPC on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+GRACE = 5.0  # SERVER_GRACE_PERIOD of the testing environment
+SHORT_GRACE = 2.0  # set through the environment where a test waits out the grace period
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING_LINE = re.compile(r"^serving cache\.CacheService on 127\.0\.0\.1:(\d+) \(")
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def environment(**overrides: str) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")}
+    environ["RESILIENCE_ENV"] = "testing"
+    environ.update(overrides)
+    return environ
+
+
+class RunningServer:
+    """A ``manage.py runserver`` process; ``stdout`` lines arrive on a queue."""
+
+    def __init__(self, proc: subprocess.Popen[str], stderr: tempfile._TemporaryFileWrapper[str]):
+        self.proc = proc
+        self.stderr_file = stderr
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.address = ""
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_serving(self, timeout: float = 20) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                line = self.lines.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            match = SERVING_LINE.match(line)
+            if match:
+                assert "environment 'testing'" in line, line
+                self.address = f"127.0.0.1:{match.group(1)}"
+                return self.address
+        raise AssertionError(f"runserver did not report serving; stderr:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        self.stderr_file.flush()
+        return Path(self.stderr_file.name).read_text(encoding="utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def runserver(**env: str) -> Iterator[RunningServer]:
+    with tempfile.NamedTemporaryFile("w+", suffix=".log", encoding="utf-8") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", "127.0.0.1:0"],
+            cwd=ROOT, env=environment(**env), text=True, stdout=subprocess.PIPE, stderr=stderr,
+        )
+        try:
+            server = RunningServer(proc, stderr)
+            server.wait_serving()
+            yield server
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def runclient(address: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runclient", "--target", address, *args],
+        cwd=ROOT, env=environment(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with runserver() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def channel(server: RunningServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.address) as ch:
+        grpc.channel_ready_future(ch).result(timeout=10)
+        yield ch
+
+
+def test_health_reports_serving(channel: grpc.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "cache.CacheService"):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == SERVING, service
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Check(health_pb2.HealthCheckRequest(service="no.Such"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_the_service(channel: grpc.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    (reply,) = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
+    names = {service.name for service in reply.list_services_response.service}
+    assert "cache.CacheService" in names
+    assert "grpc.health.v1.Health" in names
+
+
+def test_runclient_store_get_dump(server: RunningServer) -> None:
+    stored = runclient(server.address, "store", "k", "v")
+    assert stored.returncode == 0, stored.stderr
+    assert stored.stdout.strip() == "stored k"
+    got = runclient(server.address, "get", "k")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == "v\n"
+    dumped = runclient(server.address, "dump")
+    assert dumped.returncode == 0, dumped.stderr
+    assert "k\tv" in dumped.stdout.splitlines()
+
+
+def test_runclient_get_missing(server: RunningServer) -> None:
+    result = runclient(server.address, "get", "missing")
+    assert result.returncode not in (0, None)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "NOT_FOUND" in result.stderr
+    assert "key 'missing' not found" in result.stderr
+
+
+def test_runclient_load_summary(server: RunningServer) -> None:
+    result = runclient(server.address, "load", "--method", "get", "--rate", "200",
+                       "--duration", "1", "--concurrency", "4", timeout=40)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Traceback" not in out + result.stderr
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in re.split(r"[│|]", line) if c.strip()]
+        if len(cells) == 2:
+            rows[cells[0]] = cells[1]
+    for measure in ("calls", "successes", "p50 latency", "p90 latency", "p99 latency",
+                    "retries"):
+        assert measure in rows, out
+    assert int(rows["calls"]) >= 100, out  # 200/s for 1 s, with a wide margin
+    assert int(rows["successes"]) == int(rows["calls"]), out
+    assert int(rows["retries"]) == 0, out
+    for p in (50, 90, 99):
+        assert rows[f"p{p} latency"].endswith(" ms"), out
+    assert rows["breaker cache.CacheService/Get"] == "closed", out
+
+
+def watch_health(address: str, statuses: queue.Queue[object], ready: threading.Event) -> None:
+    """Stream Watch("") statuses onto ``statuses`` until the stream ends; errors go too."""
+    try:
+        with grpc.insecure_channel(address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30):
+                statuses.put(reply.status)
+                ready.set()
+    except grpc.RpcError as exc:
+        statuses.put(exc.code())
+    finally:
+        ready.set()
+        statuses.put(None)
+
+
+def drain(statuses: queue.Queue[object], timeout: float) -> list[object]:
+    seen: list[object] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            item = statuses.get(timeout=max(0.01, end - time.monotonic()))
+        except queue.Empty:
+            break
+        if item is None:
+            break
+        seen.append(item)
+        if item == NOT_SERVING:
+            break
+    return seen
+
+
+def test_sigterm_reports_not_serving_and_exits_zero() -> None:
+    # The open Watch stream is an in-flight call, so the server waits out its grace period;
+    # a shorter one (an environment override) keeps the test quick.
+    with runserver(RESILIENCE_SERVER_GRACE_PERIOD=str(SHORT_GRACE)) as server:
+        statuses: queue.Queue[object] = queue.Queue()
+        ready = threading.Event()
+        watcher = threading.Thread(
+            target=watch_health, args=(server.address, statuses, ready), daemon=True
+        )
+        watcher.start()
+        assert ready.wait(10), "the health Watch stream sent nothing"
+        assert statuses.get(timeout=1) == SERVING
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        seen = drain(statuses, timeout=SHORT_GRACE + 5)
+        assert NOT_SERVING in seen, (seen, server.stderr())
+        # Health goes NOT_SERVING first, while in-flight calls (this Watch) still run.
+        assert server.proc.poll() is None, "NOT_SERVING arrived only after the exit"
+        returncode = server.proc.wait(timeout=SHORT_GRACE + 10)
+        elapsed = time.monotonic() - started
+        assert returncode == 0, server.stderr()
+        assert elapsed < SHORT_GRACE + 5, elapsed
+        assert "Traceback" not in server.stderr()
+        watcher.join(timeout=10)
+        assert not watcher.is_alive()
+
+
+def test_sigint_exits_zero() -> None:
+    with runserver() as server:
+        with grpc.insecure_channel(server.address) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+            assert reply.status == SERVING
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(timeout=GRACE + 10) == 0, server.stderr()
+        assert time.monotonic() - started < GRACE + 5
+        assert "Traceback" not in server.stderr()
