@@ -175,7 +175,7 @@ def test_unknown_environment(tmp_path: Path) -> None:
     output = assert_clean_failure(result)
     assert "environment 'staging' (from --env or RESILIENCE_ENV)" in output, output
     assert "no [staging] section in" in output, output
-    assert "choose one of: development, production" in output, output
+    assert "choose one of: development" in output, output
     flag = manage("check", "--settings", str(path), "--env", "staging")
     assert "no [staging] section" in assert_clean_failure(flag)
 
