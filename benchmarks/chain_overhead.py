@@ -91,7 +91,7 @@ class Plan:
 FULL = Plan(
     warmup_calls=1000, latency_rounds=30, latency_calls=300,
     inproc_number=20_000, inproc_repeat=7,
-    throughput_rounds=8, throughput_seconds=1.5, throughput_threads=16,
+    throughput_rounds=24, throughput_seconds=0.5, throughput_threads=16,
     throughput_max_calls=200_000,
 )
 QUICK = Plan(

@@ -7,6 +7,7 @@ import time
 from typing import Any, Literal
 
 Side = Literal["client", "server"]
+_KEEP: Any = object()
 
 
 class CallKind(enum.Enum):
@@ -57,19 +58,28 @@ class Call:
         self.attempt = attempt
         self.context = context
 
-    def replace(self, **changes: Any) -> Call:
-        """Return a copy with ``changes`` applied."""
+    def replace(
+        self,
+        *,
+        request: Any = _KEEP,
+        metadata: Any = _KEEP,
+        deadline: Any = _KEEP,
+        attempt: Any = _KEEP,
+        context: Any = _KEEP,
+    ) -> Call:
+        """Return a copy with the given fields changed; method, kind and side are fixed.
+
+        Spelled out field by field because it is on every call's path (Timeout, Retry).
+        """
         new = _new_call(Call)
         new.method = self.method
         new.kind = self.kind
         new.side = self.side
-        new.request = self.request
-        new.metadata = self.metadata
-        new.deadline = self.deadline
-        new.attempt = self.attempt
-        new.context = self.context
-        for name, value in changes.items():
-            setattr(new, name, value)
+        new.request = self.request if request is _KEEP else request
+        new.metadata = self.metadata if metadata is _KEEP else metadata
+        new.deadline = self.deadline if deadline is _KEEP else deadline
+        new.attempt = self.attempt if attempt is _KEEP else attempt
+        new.context = self.context if context is _KEEP else context
         return new
 
     def time_remaining(self, now: float | None = None) -> float | None:

@@ -98,15 +98,13 @@ class _MultiCallable:
         metadata: Sequence[tuple[str, str | bytes]] | None,
         options: CallOptions | None,
     ) -> Call:
-        return Call(
-            self._method,
-            self._kind,
-            "client",
-            request,
-            metadata=tuple(metadata) if metadata else (),
-            deadline=None if timeout is None else time.monotonic() + timeout,
-            context=options,
-        )
+        call = Call(self._method, self._kind, "client", request)
+        if metadata:
+            call.metadata = tuple(metadata)
+        if timeout is not None:
+            call.deadline = time.monotonic() + timeout
+        call.context = options
+        return call
 
     def __call__(
         self,
