@@ -34,7 +34,7 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
         assert results["machine"][key], key
 
     latency = results["latency"]
-    clients = {"bare", "chain", "tenacity"}
+    clients = {"bare", "bare_timeout", "chain", "tenacity"}
     for key in ("median_us", "p90_us", "p99_us", "client_cpu_us_per_call"):
         positive(latency[key], clients)
     positive(latency["ratio"], clients - {"bare"})
@@ -44,7 +44,7 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
     positive(in_process, {"bare_call", "chain", "chain_stub", "tenacity", "pybreaker_call"})
 
     throughput = results["throughput"]
-    clients = {"bare", "chain", "tenacity", "pybreaker_call"}
+    clients = {"bare", "bare_timeout", "chain", "tenacity", "pybreaker_call"}
     positive(throughput["calls_per_s"], clients)
     positive(throughput["ratio"], clients - {"bare"})
     positive(throughput["round_ratio_median"], clients - {"bare"})

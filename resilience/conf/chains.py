@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from resilience.checks import CheckMessage, error
+from resilience.checks import CheckMessage, error, warning
 from resilience.conf.options import build_options
 from resilience.conf.settings import Settings
 from resilience.core.call import Side
@@ -40,8 +40,9 @@ def lookup(table: Mapping[str, Any], key: str) -> Any:
 class ChainResolver:
     """Turns settings into ``MiddlewareSpec`` lists and collects every problem on the way."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, is_async: bool | None = None) -> None:
         self.settings = settings
+        self.is_async = settings.ASYNCIO if is_async is None else is_async
         self.problems: list[CheckMessage] = []
         self._imported: dict[str, type[Middleware] | None] = {}
         # Names of the middleware each side's chains list, even those whose options are bad.
@@ -96,6 +97,8 @@ class ChainResolver:
         if path not in self._imported:
             self._imported[path] = self._import_uncached(setting, path)
         factory = self._imported[path]
+        if factory is not None and not self._mode_ok(setting, path, factory):
+            return None
         if factory is not None and side not in factory.sides:
             other = "CLIENT" if side == "server" else "SERVER"
             self.problems.append(error(
@@ -106,6 +109,27 @@ class ChainResolver:
             ))
             return None
         return factory
+
+    def _mode_ok(self, setting: str, path: str, factory: type[Middleware]) -> bool:
+        """Can ``factory`` run in this resolver's mode? Warn when it runs only adapted."""
+        if self.is_async and not factory.async_capable and factory.sync_capable:
+            self.problems.append(warning(
+                "resilience.W004", setting,
+                f"'{path}' is sync-only: in asyncio mode it runs in a worker thread, two "
+                f"thread hops per call",
+                "give it an async path (acall) and set async_capable = True",
+            ))
+        if factory.sync_capable or (self.is_async and factory.async_capable):
+            return True
+        fix = ("set ASYNCIO = true (or pass --asyncio)" if factory.async_capable
+               else "set sync_capable or async_capable on the class")
+        self.problems.append(error(
+            "resilience.E009", setting,
+            f"'{path}' cannot run in {'asyncio' if self.is_async else 'sync'} mode "
+            f"(sync_capable={factory.sync_capable}, async_capable={factory.async_capable})",
+            f"{fix}, or remove it from {setting}",
+        ))
+        return False
 
     def _import_uncached(self, setting: str, path: str) -> type[Middleware] | None:
         try:

@@ -51,6 +51,9 @@ class GlobalSettings:
         "Per-method overrides of CLIENT_OPTIONS, keyed by 'package.Service/Method' or "
         "'package.Service'; the most specific key wins, option by option.",
     )
+    ASYNCIO: bool = option(
+        False, "Serve and call with grpc.aio; runserver/runclient --asyncio set it for one run."
+    )
     SERVER_ADDRESS: str = option("127.0.0.1:50051", "Where runserver listens (HOST:PORT).")
     SERVER_MAX_WORKERS: int = option(16, "Threads serving RPCs in the sync server.", ge=1)
     SERVER_GRACE_PERIOD: float = option(

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from resilience.core.adapters import adapt_sync
 from resilience.core.call import CallKind, Side
 from resilience.core.errors import ImproperlyConfigured, MiddlewareNotUsed
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions
@@ -30,22 +31,30 @@ def build_chain(
     side: Side,
     shared: dict[str, Any],
     target: str = "",
+    is_async: bool = False,
 ) -> tuple[Handler, list[Middleware]]:
     """Wrap ``terminal`` inside-out, so the first spec is outermost and called first.
 
-    Returns the handler and the middleware instances that took part, outermost first.
+    In an asyncio chain each middleware contributes its ``acall``, or, if it is sync-only,
+    an adapter that runs it in a worker thread. Returns the handler and the middleware
+    instances that took part, outermost first.
     """
     handler = terminal
     used: list[Middleware] = []
     for spec in reversed(specs):
-        info = ChainInfo(method, kind, side, spec.name, shared, target)
+        info = ChainInfo(method, kind, side, spec.name, shared, target, is_async)
+        factory = spec.factory
+        if not (factory.sync_capable or (is_async and factory.async_capable)):
+            mode = "asyncio" if is_async else "sync"
+            raise ImproperlyConfigured(f"middleware '{spec.path}' cannot run in {mode} mode")
         try:
-            instance = spec.factory(handler, spec.options, info)
+            if is_async and not factory.async_capable:
+                handler, instance = adapt_sync(factory, handler, spec.options, info)
+            else:
+                instance = factory(handler, spec.options, info)
+                handler = instance.acall if is_async else instance
         except MiddlewareNotUsed:
             continue
-        if instance is None:
-            raise ImproperlyConfigured(f"middleware '{spec.path}' returned None when built")
-        handler = instance
         used.append(instance)
     used.reverse()
     return handler, used

@@ -23,7 +23,8 @@ class ChainInfo:
 
     ``shared`` is one dict per channel (client) or per server, for state that must span
     methods, such as a server-wide concurrency limit. ``target`` is the channel's target on
-    the client and the bound address on the server.
+    the client and the bound address on the server. ``is_async`` says whether the chain
+    runs on grpc.aio, so ``__init__`` can prepare the path that will be used.
     """
 
     method: str
@@ -32,6 +33,7 @@ class ChainInfo:
     name: str
     shared: dict[str, Any]
     target: str = ""
+    is_async: bool = False
 
 
 def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None) -> Any:
@@ -55,11 +57,16 @@ class MiddlewareOptions:
 
 
 class Middleware:
-    """Base class for middleware. Subclasses override ``__call__`` and, if they take
-    options, define a nested ``Options`` dataclass.
+    """Base class for middleware. Subclasses override ``__call__`` (the sync path) and/or
+    ``acall`` (the asyncio path) and, if they take options, define a nested ``Options``
+    dataclass.
 
     ``sides`` says where the middleware makes sense. ``sync_capable`` and
-    ``async_capable`` follow Django: they say which kind of chain the class can sit in.
+    ``async_capable`` follow Django: they say which kind of chain the class can sit in. In
+    an asyncio chain the handler is async: ``handler(call)`` returns an awaitable for a
+    unary response and an async iterator for a response stream, and ``acall`` must return
+    the same. A sync-only middleware in an asyncio chain runs in a worker thread (see
+    ``resilience.core.adapters``), which works but costs a thread hop per call.
     """
 
     Options: ClassVar[type[MiddlewareOptions]] = MiddlewareOptions
@@ -73,4 +80,8 @@ class Middleware:
         self.info = info
 
     def __call__(self, call: Call) -> Any:
+        return self.handler(call)
+
+    def acall(self, call: Call) -> Any:
+        """The asyncio path; the default passes the call through unchanged."""
         return self.handler(call)

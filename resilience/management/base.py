@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any, TextIO
 
@@ -74,6 +75,8 @@ class BaseCommand:
             self.settings = load_settings(options.get("settings"), options.get("env"))
         except ImproperlyConfigured as exc:
             raise CommandError(f"ERROR resilience.E000 settings: {exc}") from None
+        if options.get("asyncio"):
+            self.settings.core = dataclasses.replace(self.settings.core, ASYNCIO=True)
         configure_logging(self.settings.LOG_LEVEL, self.settings.LOG_FORMAT)
         if self.requires_checks:
             self.apps, messages = run_checks(self.settings)

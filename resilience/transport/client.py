@@ -168,8 +168,8 @@ class ResilientChannel(grpc.Channel):
             if built is None:
                 inner = factory(method, **kwargs)
                 specs = self._resolver.resolve("client", name)
-                if self._resolver.problems:
-                    problems = "; ".join(p.msg for p in self._resolver.problems)
+                if errors := [p for p in self._resolver.problems if p.is_error]:
+                    problems = "; ".join(p.msg for p in errors)
                     raise ImproperlyConfigured(f"client chain for {name}: {problems}")
                 chain, used = build_chain(
                     specs, _terminal(inner), method=name, kind=kind,

@@ -142,8 +142,8 @@ class ChainInterceptor(grpc.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         kind = CallKind((handler.request_streaming, handler.response_streaming))
         specs = self._resolver.resolve("server", method)
-        if self._resolver.problems:
-            problems = "; ".join(p.msg for p in self._resolver.problems)
+        if errors := [p for p in self._resolver.problems if p.is_error]:
+            problems = "; ".join(p.msg for p in errors)
             raise ImproperlyConfigured(f"server stack for {method}: {problems}")
         chain, used = build_chain(
             specs, _terminal(_behavior(handler, kind), kind), method=method, kind=kind,
