@@ -52,6 +52,7 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
 
     assert set(results["targets"]) == {
         "latency_ratio", "throughput_ratio", "cheaper_than_tenacity",
+        "latency_ratio_vs_bare_with_deadline", "throughput_ratio_vs_bare_with_deadline",
     }
     for target in results["targets"].values():
         assert isinstance(target["passed"], bool)
