@@ -7,32 +7,13 @@ the exit status is an error, there is no traceback, and the message points at th
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def manage(*args: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``manage.py ARGS`` in a clean environment plus ``env``; never hangs."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")}
-    environ.update(env)
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=environ, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+from tests.support.processes import manage
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,38 +5,18 @@ from __future__ import annotations
 import io
 import os
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from resilience.management import CommandError, call_command
+from tests.support.processes import ROOT, manage
 
-ROOT = Path(__file__).resolve().parents[1]
 # The commands this project must have; apps and the framework may add more.
 COMMANDS = ["check", "genproto", "runclient", "runserver", "showchain"]
 GET = "cache.CacheService/Get"
 STORE = "cache.CacheService/Store"
 DUMP = "cache.CacheService/Dump"
-
-
-def manage(*args: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``manage.py ARGS`` in a clean environment plus ``env``; never hangs."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")}
-    environ.update(env)
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=environ, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,27 +11,10 @@ import pytest
 from resilience.conf.chains import ChainResolver
 from resilience.conf.settings import load_settings
 from resilience.management import call_command
+from tests.support.processes import ROOT, manage
 
-ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "settings" / "settings.toml"
 GET = "cache.CacheService/Get"
-
-
-def manage(*args: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``manage.py ARGS`` in a clean environment plus ``env``; never hangs."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")}
-    environ.update(env)
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=environ, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def showchain(*args: str) -> str:
