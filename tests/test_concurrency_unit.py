@@ -205,3 +205,13 @@ def test_in_flight_never_exceeds_limit(limit, callers):
     assert mw.in_flight == 0
     assert set(outcomes) <= {"ok", grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert len(outcomes) == callers * 5
+
+
+def test_client_stream_with_call_options_context():
+    """On a client ``call.context`` carries call options, not grpc termination callbacks."""
+    from resilience.transport.client import CallOptions
+
+    mw = make(stream, kind=CallKind.UNARY_STREAM, side="client", max_in_flight=1)
+    options = CallOptions(credentials=None, wait_for_ready=True, compression=None)
+    assert list(mw(make_call(CallKind.UNARY_STREAM, options, side="client"))) == [0, 1, 2]
+    assert mw.in_flight == 0

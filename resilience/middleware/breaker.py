@@ -19,14 +19,20 @@ closed state, so only the trial moves a half-open breaker. A success while close
 no failures counted would change nothing, so it skips the lock and pybreaker entirely;
 listeners' ``success()`` therefore hears only successes that reset a count or close the
 breaker.
+
+The asyncio path is the same state machine, admission and recording, with the awaited
+outcome recorded. pybreaker's own ``call_async`` needs Tornado, and ``call`` on a coroutine
+function would record the creation of the coroutine rather than its outcome, so neither is
+used. The lock is never held across an ``await``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -71,9 +77,12 @@ class CircuitBreaker(Middleware):
     others. ``breaker`` is the underlying ``pybreaker.CircuitBreaker``. For
     response-streaming methods the fallback returns an iterable of responses, and is used
     only before the first response: after that it would splice made-up data onto real data.
+    In an asyncio chain the fallback may also be a coroutine function, and a streaming one
+    may return an async iterable.
     """
 
     sides: ClassVar[frozenset[Side]] = frozenset({"client"})
+    async_capable = True
 
     @dataclasses.dataclass(frozen=True)
     class Options(MiddlewareOptions):
@@ -98,8 +107,9 @@ class CircuitBreaker(Middleware):
         )
         fallback: str = option(
             "",
-            "Dotted path to fn(request, error) -> response, used instead of raising "
-            "when the breaker is open or a call fails with a failure code.",
+            "Dotted path to fn(request, error) -> response (or an async fn, under asyncio), "
+            "used instead of raising when the breaker is open or a call fails with a "
+            "failure code.",
         )
 
         def validate(self) -> list[str]:
@@ -157,6 +167,7 @@ class CircuitBreaker(Middleware):
         self._probe: object | None = None
         self._probe_expires = 0.0
         self._streaming = info.kind.response_streaming
+        self.acall = self._astream if self._streaming else self._aunary
 
     @property
     def state(self) -> str:
@@ -216,6 +227,75 @@ class CircuitBreaker(Middleware):
             raise
         if probe is not None or self._storage.counter:
             self._settle(probe, None)
+
+    async def _aunary(self, call: Call) -> Any:
+        """``__call__`` for asyncio, recording the outcome once it has been awaited."""
+        probe = None
+        if self._storage.state != pybreaker.STATE_CLOSED:
+            try:
+                probe = self._admit()
+            except RpcStatusError as error:
+                if self._fallback is None:
+                    raise
+                return await self._afallback(call.request, error)
+        try:
+            response = await self.handler(call)
+        except Exception as exc:
+            self._settle(probe, exc)
+            if self._fallback is not None and status_of(exc) in self._failure_codes:
+                return await self._afallback(call.request, exc)
+            raise
+        except BaseException as exc:  # CancelledError: neither outcome, but frees the trial
+            self._settle(probe, exc)
+            raise
+        if probe is not None or self._storage.counter:
+            self._settle(probe, None)
+        return response
+
+    async def _astream(self, call: Call) -> AsyncIterator[Any]:
+        """``_guard_stream`` for asyncio: admit on the first ``__anext__``, record at the end."""
+        try:
+            probe = None if self._storage.state == pybreaker.STATE_CLOSED else self._admit()
+        except RpcStatusError as error:
+            if self._fallback is None:
+                raise
+            async for response in self._afallback_stream(call.request, error):
+                yield response
+            return
+        sent = False
+        try:
+            async for response in self.handler(call):
+                sent = True
+                yield response
+        except Exception as exc:
+            self._settle(probe, exc)
+            if sent or self._fallback is None or status_of(exc) not in self._failure_codes:
+                raise
+            async for response in self._afallback_stream(call.request, exc):
+                yield response
+            return
+        except BaseException as exc:
+            self._settle(probe, exc)
+            raise
+        if probe is not None or self._storage.counter:
+            self._settle(probe, None)
+
+    async def _afallback(self, request: Any, error: BaseException) -> Any:
+        """Run the fallback, awaiting its result if it is a coroutine function's."""
+        result = self._fallback(request, error)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _afallback_stream(self, request: Any, error: BaseException) -> AsyncIterator[Any]:
+        """The fallback's responses, whether it gives a sync or an async iterable."""
+        responses = await self._afallback(request, error)
+        if hasattr(responses, "__aiter__"):
+            async for response in responses:
+                yield response
+        else:
+            for response in responses:
+                yield response
 
     def _admit(self) -> object | None:
         """Let the call through or raise UNAVAILABLE; return a token if it is the trial."""

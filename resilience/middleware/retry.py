@@ -10,6 +10,9 @@ Response-streaming calls follow gRPC's commit rule (proposal A6): they are retri
 until the first response arrives, since replaying later would repeat messages the caller
 has already seen. Request-streaming calls cannot be replayed and pass straight through.
 
+The asyncio path follows the same rules through the same decision (``_backoff_or_raise``);
+only the waiting differs: it awaits ``asleep`` so other calls run meanwhile.
+
 Channels built by the framework switch grpcio's own retries off
 (``grpc.enable_retries=0``): with both on, every attempt here would hide up to several
 attempts inside grpcio, multiplying load on a struggling server and escaping the backoff,
@@ -18,11 +21,12 @@ deadline and logging this layer is configured with.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal, cast
 
 import grpc
@@ -39,10 +43,12 @@ log = structlog.get_logger(__name__)
 class Retry(Middleware):
     """Try a call up to ``max_attempts`` times, backing off between attempts.
 
-    ``retries`` counts the retries made so far, for summaries and metrics.
+    ``retries`` counts the retries made so far, for summaries and metrics. ``clock``,
+    ``sleep`` (sync) and ``asleep`` (asyncio) can be replaced, for tests.
     """
 
     sides = frozenset({"client"})
+    async_capable = True
 
     @dataclasses.dataclass(frozen=True)
     class Options(MiddlewareOptions):
@@ -80,6 +86,7 @@ class Retry(Middleware):
         opts = cast(Retry.Options, options)
         self.clock = time.monotonic
         self.sleep = time.sleep
+        self.asleep = asyncio.sleep
         self.rng = random.Random()
         self.backoff = Backoff.from_options(opts)
         self.max_attempts = opts.max_attempts
@@ -90,6 +97,10 @@ class Retry(Middleware):
         self._streaming = info.kind.response_streaming
         self._count_lock = threading.Lock()
         self.retries = 0
+        if self._passthrough:
+            self.acall = self.handler
+        else:
+            self.acall = self._astream if self._streaming else self._aunary
 
     def __call__(self, call: Call) -> Any:
         if self._passthrough:
@@ -102,7 +113,7 @@ class Retry(Middleware):
             error = exc
         attempt = 1
         while True:
-            self._wait_or_raise(call, attempt, error)
+            self.sleep(self._backoff_or_raise(call, attempt, error))
             attempt += 1
             try:
                 return self.handler(call.replace(attempt=attempt))
@@ -121,7 +132,7 @@ class Retry(Middleware):
             except StopIteration:
                 return
             except grpc.RpcError as exc:
-                self._wait_or_raise(call, attempt, exc)
+                self.sleep(self._backoff_or_raise(call, attempt, exc))
             attempt += 1
             current = call.replace(attempt=attempt)
         try:
@@ -134,8 +145,51 @@ class Retry(Middleware):
                 cancel()
             raise
 
-    def _wait_or_raise(self, call: Call, attempt: int, error: grpc.RpcError) -> None:
-        """Sleep before the attempt after ``attempt``, or raise ``error`` if there is none."""
+    async def _aunary(self, call: Call) -> Any:
+        """``__call__`` for asyncio: the backoff is awaited, so the loop serves other calls."""
+        attempt = 1
+        current = call if call.attempt == 1 else call.replace(attempt=1)
+        while True:
+            try:
+                return await self.handler(current)
+            except grpc.RpcError as exc:
+                await self.asleep(self._backoff_or_raise(call, attempt, exc))
+            attempt += 1
+            current = call.replace(attempt=attempt)
+
+    async def _astream(self, call: Call) -> AsyncIterator[Any]:
+        """``_stream`` for asyncio: retry until the first response, then pass the rest on."""
+        attempt = 1
+        current = call if call.attempt == 1 else call.replace(attempt=1)
+        while True:
+            try:
+                rpc = self.handler(current)
+                responses = aiter(rpc)  # a grpc.aio stream call is iterable, not an iterator
+                first = await anext(responses)
+                break
+            except StopAsyncIteration:
+                return
+            except grpc.RpcError as exc:
+                await self.asleep(self._backoff_or_raise(call, attempt, exc))
+            attempt += 1
+            current = call.replace(attempt=attempt)
+        try:
+            yield first
+            async for response in responses:
+                yield response
+        except GeneratorExit:
+            # The caller closed the stream: end the RPC now rather than when it is collected.
+            # A grpc.aio call is cancelled; a layer's async generator is closed in turn.
+            cancel = getattr(rpc, "cancel", None)
+            if cancel is not None:
+                cancel()
+            elif (aclose := getattr(responses, "aclose", None)) is not None:
+                await aclose()
+            raise
+
+    def _backoff_or_raise(self, call: Call, attempt: int, error: grpc.RpcError) -> float:
+        """Seconds to wait before the attempt after ``attempt``, or raise ``error`` if there
+        is to be none. The one retry decision, shared by the sync and asyncio loops."""
         code = status_of(error)
         if (
             attempt >= self.max_attempts
@@ -155,4 +209,4 @@ class Retry(Middleware):
             code=code.name,
             backoff_ms=round(delay * 1000, 1),
         )
-        self.sleep(delay)
+        return delay

@@ -8,7 +8,8 @@ The deadline is absolute, so where Timeout sits in the chain decides what it bou
   afresh.
 
 It only ever tightens: a caller's earlier deadline is kept, never extended. The terminal
-handler turns the deadline into grpc's ``timeout=``, so no thread or timer is needed here.
+handler turns the deadline into grpc's ``timeout=``, so no thread, timer or task is needed
+here, in either mode.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Timeout(Middleware):
     """Set ``call.deadline`` to ``seconds`` from now unless the call already ends sooner."""
 
     sides = frozenset({"client"})
+    async_capable = True
 
     @dataclasses.dataclass(frozen=True)
     class Options(MiddlewareOptions):
@@ -41,3 +43,7 @@ class Timeout(Middleware):
         if call.deadline is None or deadline < call.deadline:
             return self.handler(call.replace(deadline=deadline))
         return self.handler(call)
+
+    # Nothing here waits on the outcome, so one body serves both modes: in an asyncio chain
+    # it hands back the awaitable or async iterator of the layer below unchanged.
+    acall = __call__
