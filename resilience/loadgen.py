@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -29,6 +30,11 @@ class LoadResult:
     @property
     def successes(self) -> int:
         return self.codes.get("OK", 0)
+
+    def record(self, code: str, latency: float) -> None:
+        self.codes[code] += 1
+        if code == "OK":
+            self.latencies.append(latency)
 
     def percentile(self, p: float) -> float | None:
         """Latency percentile of successful calls, in seconds."""
@@ -68,11 +74,8 @@ def run_load(
                 code = "OK"
             except grpc.RpcError as exc:
                 code = status_of(exc).name
-            latency = clock() - begun
             with lock:
-                result.codes[code] += 1
-                if code == "OK":
-                    result.latencies.append(latency)
+                result.record(code, clock() - begun)
 
     threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(concurrency)]
     for thread in threads:
@@ -82,5 +85,43 @@ def run_load(
         if progress is not None:
             with lock:
                 progress(result)
+    result.elapsed = clock() - start
+    return result
+
+
+async def run_load_async(
+    send: Callable[[int], Awaitable[object]],
+    *,
+    rate: float,
+    duration: float,
+    concurrency: int,
+    progress: Callable[[LoadResult], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> LoadResult:
+    """``run_load`` on the event loop: ``await send(i)`` from ``concurrency`` tasks, each on
+    its own schedule, with no threads."""
+    result = LoadResult()
+    total = max(1, int(rate * duration))
+    start = clock()
+
+    async def worker(offset: int) -> None:
+        for i in range(offset, total, concurrency):
+            wait = start + i / rate - clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            begun = clock()
+            try:
+                await send(i)
+                code = "OK"
+            except grpc.RpcError as exc:
+                code = status_of(exc).name
+            result.record(code, clock() - begun)
+
+    workers = asyncio.gather(*(worker(n) for n in range(concurrency)))
+    while not workers.done():
+        await asyncio.wait([workers], timeout=0.25)
+        if progress is not None:
+            progress(result)
+    await workers
     result.elapsed = clock() - start
     return result

@@ -76,10 +76,10 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def runserver(**env: str) -> Iterator[RunningServer]:
+def runserver(*args: str, **env: str) -> Iterator[RunningServer]:
     with tempfile.NamedTemporaryFile("w+", suffix=".log", encoding="utf-8") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", "127.0.0.1:0"],
+            [sys.executable, "manage.py", "runserver", "127.0.0.1:0", *args],
             cwd=ROOT, env=environment(**env), text=True, stdout=subprocess.PIPE, stderr=stderr,
         )
         try:
@@ -214,10 +214,17 @@ def drain(statuses: queue.Queue[object], timeout: float) -> list[object]:
     return seen
 
 
-def test_sigterm_reports_not_serving_and_exits_zero() -> None:
+# Shutdown is the same on the asyncio server (ASYNCIO from the environment here; the
+# --asyncio flag is covered in test_aio_smoke).
+MODES = pytest.mark.parametrize("mode", [{}, {"RESILIENCE_ASYNCIO": "true"}],
+                                ids=["sync", "asyncio"])
+
+
+@MODES
+def test_sigterm_reports_not_serving_and_exits_zero(mode: dict[str, str]) -> None:
     # The open Watch stream is an in-flight call, so the server waits out its grace period;
     # a shorter one (an environment override) keeps the test quick.
-    with runserver(RESILIENCE_SERVER_GRACE_PERIOD=str(SHORT_GRACE)) as server:
+    with runserver(RESILIENCE_SERVER_GRACE_PERIOD=str(SHORT_GRACE), **mode) as server:
         statuses: queue.Queue[object] = queue.Queue()
         ready = threading.Event()
         watcher = threading.Thread(
@@ -241,8 +248,9 @@ def test_sigterm_reports_not_serving_and_exits_zero() -> None:
         assert not watcher.is_alive()
 
 
-def test_sigint_exits_zero() -> None:
-    with runserver() as server:
+@MODES
+def test_sigint_exits_zero(mode: dict[str, str]) -> None:
+    with runserver(**mode) as server:
         with grpc.insecure_channel(server.address) as ch:
             reply = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=10

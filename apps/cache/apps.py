@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
-from apps.cache.servicer import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, CacheServicer
+from apps.cache.servicer import (
+    DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+    AsyncCacheServicer,
+    CacheServicer,
+)
 from resilience.apps.config import AppConfig, Service
 from resilience.checks import CheckMessage, error
 
@@ -23,6 +28,7 @@ class CacheConfig(AppConfig):
             add_to_server=cache_pb2_grpc.add_CacheServiceServicer_to_server,
             stub=cache_pb2_grpc.CacheServiceStub,
             servicer=CacheServicer,
+            async_servicer=AsyncCacheServicer,
         ),
     )
 

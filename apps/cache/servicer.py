@@ -1,11 +1,12 @@
-"""The CacheService implementation: validation at the edge, storage in ``MemoryStore``."""
+"""The CacheService, sync and asyncio: validation at the edge, storage in ``MemoryStore``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from apps.cache.storage import MemoryStore
@@ -44,27 +45,39 @@ def value_problem(value: bytes, max_value_bytes: int) -> str | None:
     return None
 
 
-class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
-    """Serves one ``MemoryStore``; the size limits come from the settings at construction."""
+class CacheRules:
+    """What the sync and the async servicer share: one store, the size limits from the
+    settings, and why a request is refused. Only the calls to ``context.abort`` differ."""
 
     def __init__(self, settings: Any, store: MemoryStore | None = None) -> None:
         self.max_value_bytes: int = settings.get("CACHE_MAX_VALUE_BYTES", DEFAULT_MAX_VALUE_BYTES)
         self.max_key_bytes: int = settings.get("CACHE_MAX_KEY_BYTES", DEFAULT_MAX_KEY_BYTES)
         self.store = store if store is not None else MemoryStore()
 
+    def problem(self, key: str, value: bytes = b"") -> str | None:
+        """Why a request with ``key`` (and ``value``) is INVALID_ARGUMENT, or None."""
+        return key_problem(key, self.max_key_bytes) or value_problem(value, self.max_value_bytes)
+
+    @staticmethod
+    def not_found(key: str) -> str:
+        return f"key {shown_key(key)!r} not found"
+
+
+class CacheServicer(CacheRules, cache_pb2_grpc.CacheServiceServicer):
+    """Serves one ``MemoryStore`` to the sync server."""
+
     def Get(self, request: cache_pb2.GetReq, context: grpc.ServicerContext) -> cache_pb2.GetResp:
-        self._check_key(request.key, context)
+        if (problem := self.problem(request.key)) is not None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         value = self.store.get(request.key)
         if value is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"key {shown_key(request.key)!r} not found")
+            context.abort(grpc.StatusCode.NOT_FOUND, self.not_found(request.key))
         return cache_pb2.GetResp(value=value)
 
     def Store(
         self, request: cache_pb2.StoreReq, context: grpc.ServicerContext
     ) -> cache_pb2.StoreResp:
-        self._check_key(request.key, context)
-        problem = value_problem(request.value, self.max_value_bytes)
-        if problem is not None:
+        if (problem := self.problem(request.key, request.value)) is not None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         self.store.put(request.key, request.value)
         return cache_pb2.StoreResp()
@@ -75,7 +88,31 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         for key, value in self.store.items():
             yield cache_pb2.DumpItem(key=key, val=value)
 
-    def _check_key(self, key: str, context: grpc.ServicerContext) -> None:
-        problem = key_problem(key, self.max_key_bytes)
-        if problem is not None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+class AsyncCacheServicer(CacheRules, cache_pb2_grpc.CacheServiceServicer):
+    """Serves one ``MemoryStore`` to the asyncio server. The store's lock is held only for
+    a dict operation, so taking it on the event loop is fine."""
+
+    async def Get(
+        self, request: cache_pb2.GetReq, context: grpc.aio.ServicerContext
+    ) -> cache_pb2.GetResp:
+        if (problem := self.problem(request.key)) is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        value = self.store.get(request.key)
+        if value is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, self.not_found(request.key))
+        return cache_pb2.GetResp(value=value)
+
+    async def Store(
+        self, request: cache_pb2.StoreReq, context: grpc.aio.ServicerContext
+    ) -> cache_pb2.StoreResp:
+        if (problem := self.problem(request.key, request.value)) is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        self.store.put(request.key, request.value)
+        return cache_pb2.StoreResp()
+
+    async def Dump(
+        self, request: cache_pb2.DumpReq, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cache_pb2.DumpItem]:
+        for key, value in self.store.items():
+            yield cache_pb2.DumpItem(key=key, val=value)

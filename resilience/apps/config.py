@@ -6,7 +6,6 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from resilience.checks import CheckMessage
@@ -18,13 +17,16 @@ class Service:
     """One gRPC service of an app.
 
     ``servicer`` is called with the settings when a server starts, and returns the servicer
-    instance that ``add_to_server`` registers.
+    instance that ``add_to_server`` registers. ``async_servicer`` does the same for the
+    asyncio server, whose servicer methods are ``async def`` (async generators for
+    response streams); without one the app cannot be served with ``ASYNCIO``.
     """
 
     descriptor: ServiceDescriptor
-    add_to_server: Callable[[Any, grpc.Server], None]
+    add_to_server: Callable[[Any, Any], None]
     stub: type
     servicer: Callable[[Any], Any]
+    async_servicer: Callable[[Any], Any] | None = None
 
     @property
     def full_name(self) -> str:

@@ -44,6 +44,17 @@ def _apps(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
         for config in apps.configs
         if not config.services
     ]
+    if settings.ASYNCIO:
+        messages += [
+            error("resilience.E010", "INSTALLED_APPS",
+                  f"app '{config.name}' serves {service.full_name} without an async "
+                  f"servicer, and ASYNCIO is on",
+                  "add an async servicer to the app's Service (async_servicer=...), or "
+                  "turn ASYNCIO off")
+            for config in apps.configs
+            for service in config.services
+            if service.async_servicer is None
+        ]
     return apps, messages
 
 

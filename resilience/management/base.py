@@ -26,6 +26,13 @@ def global_options(default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
     return parser
 
 
+def add_asyncio_option(parser: argparse.ArgumentParser, default: Any = False) -> None:
+    """``--asyncio``; ``execute`` turns it into ASYNCIO = true for the run. Subcommands add
+    it with the default SUPPRESS, as ``global_options``."""
+    parser.add_argument("--asyncio", action="store_true", default=default,
+                        help="use grpc.aio for this run (as ASYNCIO = true does)")
+
+
 class CommandError(Exception):
     """Stops a command with a message and no traceback; ``returncode`` is the exit status."""
 

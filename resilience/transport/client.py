@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
@@ -47,7 +47,12 @@ class CallOptions:
         self.grpc_call: Any = None
 
 
-def _timeout(call: Call) -> float | None:
+def remaining_timeout(call: Call) -> float | None:
+    """The grpc ``timeout`` of one attempt: what is left of its deadline.
+
+    Raises DEADLINE_EXCEEDED itself when nothing is left, as grpc would only after a
+    round trip.
+    """
     if call.deadline is None:
         return None
     remaining = call.deadline - time.monotonic()
@@ -59,30 +64,42 @@ def _timeout(call: Call) -> float | None:
     return remaining
 
 
+def call_kwargs(call: Call) -> dict[str, Any]:
+    """The grpc keyword arguments of one attempt: its timeout, metadata and call options."""
+    kwargs: dict[str, Any] = {
+        "timeout": remaining_timeout(call), "metadata": call.metadata or None,
+    }
+    opts: CallOptions | None = call.context
+    if opts is not None:
+        kwargs["credentials"] = opts.credentials
+        kwargs["wait_for_ready"] = opts.wait_for_ready
+        kwargs["compression"] = opts.compression
+    return kwargs
+
+
 def _terminal(inner: Any) -> Handler:
     """The innermost handler: the real grpc multicallable, with the chain's deadline."""
 
     def send(call: Call) -> Any:
         opts: CallOptions | None = call.context
         if opts is None:
-            return inner(call.request, timeout=_timeout(call), metadata=call.metadata or None)
-        kwargs = {
-            "timeout": _timeout(call),
-            "metadata": call.metadata or None,
-            "credentials": opts.credentials,
-            "wait_for_ready": opts.wait_for_ready,
-            "compression": opts.compression,
-        }
+            return inner(
+                call.request, timeout=remaining_timeout(call), metadata=call.metadata or None
+            )
         if opts.capture:
-            response, opts.grpc_call = inner.with_call(call.request, **kwargs)
+            response, opts.grpc_call = inner.with_call(call.request, **call_kwargs(call))
             return response
-        return inner(call.request, **kwargs)
+        return inner(call.request, **call_kwargs(call))
 
     return send
 
 
-class _MultiCallable:
-    """Stands in for grpc's multicallables; ``__call__`` builds a Call and runs the chain."""
+class ChainMultiCallable:
+    """Stands in for grpc's multicallables; ``__call__`` builds a Call and runs the chain.
+
+    The chain's result is returned as is: a response or an iterator on a sync channel, an
+    awaitable or an async iterator on an asyncio one.
+    """
 
     __slots__ = ("_chain", "_kind", "_method")
 
@@ -120,6 +137,12 @@ class _MultiCallable:
             options = CallOptions(credentials, wait_for_ready, compression)
         return self._chain(self._call(request, timeout, metadata, options))
 
+
+class _MultiCallable(ChainMultiCallable):
+    """The sync multicallable, with grpc's ``with_call``."""
+
+    __slots__ = ()
+
     def with_call(
         self,
         request: Any,
@@ -143,25 +166,33 @@ class _MultiCallable:
         )
 
 
-class ResilientChannel(grpc.Channel):
-    """Wraps a channel so that every method runs through the chain its settings give it.
+class ChainedChannel:
+    """What the sync and the asyncio channel share: each method's chain, built when a stub
+    asks for the method and kept for the channel's life, so that every stub made on the
+    channel shares one circuit breaker per method.
 
-    Chains are built once per method and kept for the channel's life, so every stub made
-    on this channel shares one circuit breaker per method.
+    Subclasses say how the innermost handler calls grpc (``_terminal``) and what stands in
+    for grpc's multicallables (``multicallable``).
     """
 
-    def __init__(self, channel: grpc.Channel, resolver: ChainResolver, target: str = "") -> None:
+    is_async: ClassVar[bool] = False
+    multicallable: ClassVar[type[ChainMultiCallable]] = ChainMultiCallable
+
+    def __init__(self, channel: Any, resolver: ChainResolver, target: str = "") -> None:
         self._channel = channel
         self._resolver = resolver
         self._target = target
         self._shared: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._built: dict[tuple[str, CallKind], _MultiCallable] = {}
+        self._built: dict[tuple[str, CallKind], ChainMultiCallable] = {}
         self.middleware: dict[str, list[Middleware]] = {}
+
+    def _terminal(self, inner: Any, kind: CallKind) -> Handler:
+        raise NotImplementedError
 
     def _multicallable(
         self, factory: Callable[..., Any], method: str | bytes, kind: CallKind, **kwargs: Any
-    ) -> _MultiCallable:
+    ) -> ChainMultiCallable:
         name = normalise_method(method)
         with self._lock:
             built = self._built.get((name, kind))
@@ -172,10 +203,11 @@ class ResilientChannel(grpc.Channel):
                     problems = "; ".join(p.msg for p in errors)
                     raise ImproperlyConfigured(f"client chain for {name}: {problems}")
                 chain, used = build_chain(
-                    specs, _terminal(inner), method=name, kind=kind,
+                    specs, self._terminal(inner, kind), method=name, kind=kind,
                     side="client", shared=self._shared, target=self._target,
+                    is_async=self.is_async,
                 )
-                built = _MultiCallable(name, kind, chain)
+                built = self.multicallable(name, kind, chain)
                 self._built[(name, kind)] = built
                 self.middleware[name] = used
         return built
@@ -212,6 +244,16 @@ class ResilientChannel(grpc.Channel):
             response_deserializer=response_deserializer, **kwargs,
         )
 
+
+class ResilientChannel(ChainedChannel, grpc.Channel):
+    """Wraps a ``grpc.Channel`` so that every method runs through the chain its settings
+    give it."""
+
+    multicallable = _MultiCallable
+
+    def _terminal(self, inner: Any, kind: CallKind) -> Handler:
+        return _terminal(inner)
+
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         self._channel.subscribe(callback, try_to_connect)
 
@@ -241,5 +283,5 @@ def connect(
         channel = grpc.insecure_channel(target, options=all_options)
     else:
         channel = grpc.secure_channel(target, credentials, options=all_options)
-    return ResilientChannel(channel, ChainResolver(settings), target)
+    return ResilientChannel(channel, ChainResolver(settings, is_async=False), target)
 

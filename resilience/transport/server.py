@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
@@ -40,8 +40,9 @@ def _behavior(handler: grpc.RpcMethodHandler, kind: CallKind) -> Callable[[Any, 
     }[kind]
 
 
-def _as_status(context: Any, exc: Exception) -> Exception:
-    """A servicer's ``context.abort`` raises a bare Exception; turn it into its status."""
+def as_status(context: Any, exc: Exception) -> Exception:
+    """A servicer's ``context.abort`` raises an exception that is no RpcError (a bare
+    Exception, or grpc.aio's AbortError) after setting the code: turn it into its status."""
     code = context.code()
     if code is None or code is grpc.StatusCode.OK or isinstance(exc, grpc.RpcError):
         return exc
@@ -58,7 +59,7 @@ def _terminal(behavior: Callable[[Any, Any], Any], kind: CallKind) -> Handler:
             try:
                 yield from behavior(call.request, call.context)
             except Exception as exc:
-                raise _as_status(call.context, exc) from exc
+                raise as_status(call.context, exc) from exc
 
         return stream
 
@@ -66,7 +67,7 @@ def _terminal(behavior: Callable[[Any, Any], Any], kind: CallKind) -> Handler:
         try:
             return behavior(call.request, call.context)
         except Exception as exc:
-            raise _as_status(call.context, exc) from exc
+            raise as_status(call.context, exc) from exc
 
     return unary
 
@@ -77,22 +78,26 @@ def _abort(context: Any, exc: RpcStatusError) -> None:
     context.abort(exc.code(), exc.details())
 
 
+def make_call(method: str, kind: CallKind, request: Any, context: Any) -> Call:
+    """The Call of one served RPC. A call without a deadline reports its time remaining as
+    decades (sync) or as None (grpc.aio)."""
+    remaining = context.time_remaining()
+    deadline = (
+        None if remaining is None or remaining > _NO_DEADLINE else time.monotonic() + remaining
+    )
+    return Call(
+        method, kind, "server", request,
+        metadata=context.invocation_metadata(), deadline=deadline, context=context,
+    )
+
+
 def _entry(chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], Any]:
     """The function grpc calls per RPC: build the Call, run the stack, report its status."""
-
-    def make_call(request: Any, context: Any) -> Call:
-        remaining = context.time_remaining()
-        deadline = None if remaining > _NO_DEADLINE else time.monotonic() + remaining
-        return Call(
-            method, kind, "server", request,
-            metadata=context.invocation_metadata(), deadline=deadline, context=context,
-        )
-
     if kind.response_streaming:
 
         def serve_stream(request: Any, context: Any) -> Iterator[Any]:
             try:
-                yield from chain(make_call(request, context))
+                yield from chain(make_call(method, kind, request, context))
             except RpcStatusError as exc:
                 _abort(context, exc)
 
@@ -100,18 +105,23 @@ def _entry(chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], 
 
     def serve(request: Any, context: Any) -> Any:
         try:
-            return chain(make_call(request, context))
+            return chain(make_call(method, kind, request, context))
         except RpcStatusError as exc:
             _abort(context, exc)
 
     return serve
 
 
-class ChainInterceptor(grpc.ServerInterceptor):
-    """Wraps the handlers of ``methods`` in the server stack; others pass through.
+class StackInterceptor:
+    """What the sync and the asyncio interceptor share: each app method's handler wrapped
+    in the server stack on its first call, and kept; other methods pass through.
 
     ``target`` is the address middleware are told they serve; set it once bound.
+    Subclasses say how the stack calls the servicer (``_terminal``) and how grpc calls the
+    stack (``_entry``).
     """
+
+    is_async: ClassVar[bool] = False
 
     def __init__(self, resolver: ChainResolver, methods: set[str], target: str = "") -> None:
         self._resolver = resolver
@@ -122,15 +132,15 @@ class ChainInterceptor(grpc.ServerInterceptor):
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
         self.middleware: dict[str, list[Middleware]] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: Any
-    ) -> Any:
-        full = handler_call_details.method
-        try:
-            return self._wrapped[full]
-        except KeyError:
-            pass
-        handler = continuation(handler_call_details)
+    def _terminal(self, method: str, behavior: Callable[[Any, Any], Any], kind: CallKind
+                  ) -> Handler:
+        raise NotImplementedError
+
+    def _entry(self, chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], Any]:
+        raise NotImplementedError
+
+    def _stacked(self, full: str, handler: grpc.RpcMethodHandler | None) -> Any:
+        """``handler`` (the one grpc found for ``full``) inside the stack, if it is an app's."""
         name = full.lstrip("/")
         if handler is None or name not in self._methods:
             return handler
@@ -146,12 +156,33 @@ class ChainInterceptor(grpc.ServerInterceptor):
             problems = "; ".join(p.msg for p in errors)
             raise ImproperlyConfigured(f"server stack for {method}: {problems}")
         chain, used = build_chain(
-            specs, _terminal(_behavior(handler, kind), kind), method=method, kind=kind,
-            side="server", shared=self._shared, target=self.target,
+            specs, self._terminal(method, _behavior(handler, kind), kind), method=method,
+            kind=kind, side="server", shared=self._shared, target=self.target,
+            is_async=self.is_async,
         )
         self.middleware[method] = used
         return _HANDLER_FACTORIES[kind](
-            _entry(chain, method, kind),
+            self._entry(chain, method, kind),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class ChainInterceptor(StackInterceptor, grpc.ServerInterceptor):
+    """The sync server's interceptor: app methods run through the server stack."""
+
+    def _terminal(self, method: str, behavior: Callable[[Any, Any], Any], kind: CallKind
+                  ) -> Handler:
+        return _terminal(behavior, kind)
+
+    def _entry(self, chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], Any]:
+        return _entry(chain, method, kind)
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        full = handler_call_details.method
+        try:
+            return self._wrapped[full]
+        except KeyError:
+            return self._stacked(full, continuation(handler_call_details))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import structlog
@@ -13,9 +14,21 @@ from resilience.apps.registry import Apps
 from resilience.conf.chains import ChainResolver
 from resilience.conf.settings import Settings
 from resilience.core.errors import ImproperlyConfigured
-from resilience.transport.server import ChainInterceptor
+from resilience.transport.server import ChainInterceptor, StackInterceptor
 
 log = structlog.get_logger(__name__)
+
+
+def listen(grpc_server: Any, address: str, interceptor: StackInterceptor) -> tuple[int, str]:
+    """Bind ``address``; return the port and the address as bound."""
+    port = grpc_server.add_insecure_port(address)
+    if port == 0:
+        raise ImproperlyConfigured(f"cannot listen on '{address}' (SERVER_ADDRESS)")
+    bound = f"{address.rpartition(':')[0]}:{port}"
+    # Stacks are built on first call, after binding: give them the bound address, not the
+    # requested one (whose port may be 0).
+    interceptor.target = bound
+    return port, bound
 
 
 class Server:
@@ -23,7 +36,9 @@ class Server:
 
     def __init__(self, settings: Settings, apps: Apps, address: str) -> None:
         self.settings = settings
-        self.interceptor = ChainInterceptor(ChainResolver(settings), set(apps.methods()), address)
+        self.interceptor = ChainInterceptor(
+            ChainResolver(settings, is_async=False), set(apps.methods()), address
+        )
         self.grpc_server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.SERVER_MAX_WORKERS),
             interceptors=[self.interceptor],
@@ -38,14 +53,7 @@ class Server:
         reflection.enable_server_reflection(
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc_server
         )
-        self.port = self.grpc_server.add_insecure_port(address)
-        if self.port == 0:
-            raise ImproperlyConfigured(f"cannot listen on '{address}' (SERVER_ADDRESS)")
-        host = address.rpartition(":")[0]
-        self.address = f"{host}:{self.port}"
-        # Stacks are built on first call, after binding: give them the bound address, not
-        # the requested one (whose port may be 0).
-        self.interceptor.target = self.address
+        self.port, self.address = listen(self.grpc_server, address, self.interceptor)
 
     def start(self) -> None:
         self.grpc_server.start()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import threading
-from typing import Any
+from typing import Any, TypeVar
 
 from resilience.core.errors import ImproperlyConfigured
-from resilience.management.base import BaseCommand, CommandError
+from resilience.management.base import BaseCommand, CommandError, add_asyncio_option
+from resilience.transport.aio_serving import AioServer
 from resilience.transport.serving import Server
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+S = TypeVar("S", Server, AioServer)
 
 
 class Command(BaseCommand):
@@ -18,21 +23,50 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("address", nargs="?", help="HOST:PORT (default: SERVER_ADDRESS)")
+        add_asyncio_option(parser)
 
     def handle(self, **options: Any) -> int:
-        assert self.apps is not None
         address = options["address"] or self.settings.SERVER_ADDRESS
-        try:
-            server = Server(self.settings, self.apps, address)
-        except (ImproperlyConfigured, RuntimeError) as exc:
-            raise CommandError(f"cannot start the server: {exc}") from None
+        if self.settings.ASYNCIO:
+            asyncio.run(self._serve_async(address))
+        else:
+            self._serve(address)
+        return 0
+
+    def _serve(self, address: str) -> None:
+        server = self._build(Server, address)
         stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in SIGNALS:
             signal.signal(signum, lambda *_: stop.set())
         server.start()
-        self.write(f"serving {', '.join(self.apps.service_names())} on {server.address} "
-                   f"(environment '{self.settings.env}'); Ctrl-C to stop")
-        self.stdout.flush()
+        self._announce(server.address)
         stop.wait()
         server.stop()
-        return 0
+
+    async def _serve_async(self, address: str) -> None:
+        server = self._build(AioServer, address)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in SIGNALS:
+            loop.add_signal_handler(signum, stop.set)
+        await server.start()
+        self._announce(server.address)
+        await stop.wait()
+        await server.stop()
+        # grpc.aio cancels the calls still running when the grace period ends, but does not
+        # wait for them; let them wind down, or asyncio.run's teardown reports each one.
+        if calls := asyncio.all_tasks() - {asyncio.current_task()}:
+            await asyncio.wait(calls, timeout=1.0)
+
+    def _build(self, server_class: type[S], address: str) -> S:
+        assert self.apps is not None
+        try:
+            return server_class(self.settings, self.apps, address)
+        except (ImproperlyConfigured, RuntimeError) as exc:
+            raise CommandError(f"cannot start the server: {exc}") from None
+
+    def _announce(self, address: str) -> None:
+        assert self.apps is not None
+        self.write(f"serving {', '.join(self.apps.service_names())} on {address} "
+                   f"(environment '{self.settings.env}'); Ctrl-C to stop")
+        self.stdout.flush()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -12,13 +15,20 @@ from rich.table import Table
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from resilience.core.errors import status_of
-from resilience.loadgen import LoadResult, run_load
-from resilience.management.base import BaseCommand, CommandError, global_options
+from resilience.loadgen import LoadResult, run_load, run_load_async
+from resilience.management.base import (
+    BaseCommand,
+    CommandError,
+    add_asyncio_option,
+    global_options,
+)
 from resilience.middleware import CircuitBreaker, Retry
-from resilience.transport.client import ResilientChannel, connect
+from resilience.transport.aio_client import aio_connect
+from resilience.transport.client import ChainedChannel, connect
 
-METHODS = {"get": "Get", "store": "Store", "dump": "Dump"}
+METHODS = {"get": "Get", "store": "Store"}
 SERVICE = "cache.CacheService"
+VALUE = b"x" * 64
 
 
 def _ms(seconds: float | None) -> str:
@@ -31,6 +41,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--target", help="HOST:PORT (default: CLIENT_TARGET)")
+        add_asyncio_option(parser)
         sub = parser.add_subparsers(dest="action", required=True)
         common = [global_options()]
         get = sub.add_parser("get", help="print the value of KEY", parents=common)
@@ -38,72 +49,122 @@ class Command(BaseCommand):
         store = sub.add_parser("store", help="store VALUE under KEY", parents=common)
         store.add_argument("key")
         store.add_argument("value")
-        sub.add_parser("dump", help="print every key and value", parents=common)
+        dump = sub.add_parser("dump", help="print every key and value", parents=common)
         load = sub.add_parser("load", help="drive load and print a summary", parents=common)
         load.add_argument("--method", choices=["get", "store"], default="get")
         load.add_argument("--rate", type=float, default=200.0, help="calls per second")
         load.add_argument("--duration", type=float, default=5.0, help="seconds")
-        load.add_argument("--concurrency", type=int, default=8, help="client threads")
+        load.add_argument("--concurrency", type=int, default=8,
+                          help="client threads (asyncio tasks with --asyncio)")
         load.add_argument("--keys", type=int, default=100, help="distinct keys to use")
+        for subcommand in (get, store, dump, load):
+            add_asyncio_option(subcommand, argparse.SUPPRESS)
 
     def handle(self, **options: Any) -> int:
         target = options["target"] or self.settings.CLIENT_TARGET
-        with connect(target, self.settings) as channel:
-            stub = cache_pb2_grpc.CacheServiceStub(channel)
-            try:
-                if options["action"] == "load":
-                    self._load(channel, stub, options)
-                else:
-                    self._once(stub, options)
-            except grpc.RpcError as exc:
-                details = exc.details() if hasattr(exc, "details") else str(exc)
-                raise CommandError(f"{status_of(exc).name}: {details}") from None
+        try:
+            if self.settings.ASYNCIO:
+                asyncio.run(self._handle_async(target, options))
+            else:
+                self._handle(target, options)
+        except grpc.RpcError as exc:
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            raise CommandError(f"{status_of(exc).name}: {details}") from None
         return 0
 
-    def _once(self, stub: cache_pb2_grpc.CacheServiceStub, options: dict[str, Any]) -> None:
-        action = options["action"]
-        if action == "get":
-            self.write(stub.Get(cache_pb2.GetReq(key=options["key"])).value.decode("utf-8",
-                                                                                    "replace"))
-        elif action == "store":
-            stub.Store(cache_pb2.StoreReq(key=options["key"], value=options["value"].encode()))
-            self.write(f"stored {options['key']}")
-        else:
-            for item in stub.Dump(cache_pb2.DumpReq()):
-                self.write(f"{item.key}\t{item.val.decode('utf-8', 'replace')}")
+    def _handle(self, target: str, options: dict[str, Any]) -> None:
+        with connect(target, self.settings) as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            action = options["action"]
+            if action == "get":
+                self._write_value(stub.Get(cache_pb2.GetReq(key=options["key"])))
+            elif action == "store":
+                stub.Store(self._store_request(options))
+                self.write(f"stored {options['key']}")
+            elif action == "dump":
+                for item in stub.Dump(cache_pb2.DumpReq()):
+                    self._write_item(item)
+            else:
+                pace = self._pace(options)
+                method, send, prefill = self._load_plan(stub, options)
+                for request in prefill:
+                    stub.Store(request)
+                with self._progress(method, options) as progress:
+                    result = run_load(send, **pace, progress=progress)
+                self._write_summary(channel, method, result)
 
-    def _load(
-        self, channel: ResilientChannel, stub: cache_pb2_grpc.CacheServiceStub,
-        options: dict[str, Any],
-    ) -> None:
+    async def _handle_async(self, target: str, options: dict[str, Any]) -> None:
+        async with aio_connect(target, self.settings) as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            action = options["action"]
+            if action == "get":
+                self._write_value(await stub.Get(cache_pb2.GetReq(key=options["key"])))
+            elif action == "store":
+                await stub.Store(self._store_request(options))
+                self.write(f"stored {options['key']}")
+            elif action == "dump":
+                async for item in stub.Dump(cache_pb2.DumpReq()):
+                    self._write_item(item)
+            else:
+                pace = self._pace(options)
+                method, send, prefill = self._load_plan(stub, options)
+                for request in prefill:
+                    await stub.Store(request)
+                with self._progress(method, options) as progress:
+                    result = await run_load_async(send, **pace, progress=progress)
+                self._write_summary(channel, method, result)
+
+    def _write_value(self, reply: cache_pb2.GetResp) -> None:
+        self.write(reply.value.decode("utf-8", "replace"))
+
+    def _write_item(self, item: cache_pb2.DumpItem) -> None:
+        self.write(f"{item.key}\t{item.val.decode('utf-8', 'replace')}")
+
+    @staticmethod
+    def _store_request(options: dict[str, Any]) -> cache_pb2.StoreReq:
+        return cache_pb2.StoreReq(key=options["key"], value=options["value"].encode())
+
+    @staticmethod
+    def _pace(options: dict[str, Any]) -> dict[str, Any]:
         if options["rate"] <= 0 or options["duration"] <= 0 or options["concurrency"] < 1:
             raise CommandError("--rate and --duration must be > 0 and --concurrency >= 1")
+        return {key: options[key] for key in ("rate", "duration", "concurrency")}
+
+    @staticmethod
+    def _load_plan(
+        stub: cache_pb2_grpc.CacheServiceStub, options: dict[str, Any]
+    ) -> tuple[str, Callable[[int], Any], list[cache_pb2.StoreReq]]:
+        """The method under load, ``send(i)`` for it (a call on a sync stub, an awaitable on
+        an asyncio one), and the Stores that must come first so that every Get finds its key.
+        """
         keys = [f"key-{n}" for n in range(max(1, options["keys"]))]
         method = METHODS[options["method"]]
         if method == "Get":
-            for key in keys:
-                stub.Store(cache_pb2.StoreReq(key=key, value=b"x" * 64))
 
-            def send(i: int) -> object:
+            def send(i: int) -> Any:
                 return stub.Get(cache_pb2.GetReq(key=keys[i % len(keys)]))
-        else:
 
-            def send(i: int) -> object:
-                return stub.Store(cache_pb2.StoreReq(key=keys[i % len(keys)], value=b"x" * 64))
+            return method, send, [cache_pb2.StoreReq(key=key, value=VALUE) for key in keys]
 
-        console = Console(file=self.stdout)
+        def send_store(i: int) -> Any:
+            return stub.Store(cache_pb2.StoreReq(key=keys[i % len(keys)], value=VALUE))
+
+        return method, send_store, []
+
+    @contextlib.contextmanager
+    def _progress(
+        self, method: str, options: dict[str, Any]
+    ) -> Iterator[Callable[[LoadResult], None]]:
+        """A live progress line while the load runs; it goes when the run ends."""
         total = int(options["rate"] * options["duration"])
-        with Live(console=console, transient=True, refresh_per_second=4) as live:
-            result = run_load(
-                send, rate=options["rate"], duration=options["duration"],
-                concurrency=options["concurrency"],
-                progress=lambda r: live.update(
-                    f"{method}: {r.calls}/{total} calls, {r.successes} ok"
-                ),
-            )
-        console.print(self._summary(channel, f"{SERVICE}/{method}", result))
+        with Live(console=Console(file=self.stdout), transient=True,
+                  refresh_per_second=4) as live:
+            yield lambda r: live.update(f"{method}: {r.calls}/{total} calls, {r.successes} ok")
 
-    def _summary(self, channel: ResilientChannel, method: str, result: LoadResult) -> Table:
+    def _write_summary(self, channel: ChainedChannel, method: str, result: LoadResult) -> None:
+        Console(file=self.stdout).print(self._summary(channel, f"{SERVICE}/{method}", result))
+
+    def _summary(self, channel: ChainedChannel, method: str, result: LoadResult) -> Table:
         table = Table(title=f"runclient load: {method}", show_header=False)
         table.add_column("measure")
         table.add_column("value", justify="right")

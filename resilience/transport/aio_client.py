@@ -1,0 +1,110 @@
+"""The asyncio client: a ``grpc.aio.Channel`` wrapper whose methods run through async chains.
+
+Stubs and calling code are grpc.aio's: ``await stub.Get(request)`` and
+``async for item in stub.Dump(request)``. Awaiting the grpc call inside the chain is what
+makes a cancelled caller cancel the RPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from resilience.conf.chains import ChainResolver
+from resilience.core.call import Call, CallKind
+from resilience.core.middleware import Handler
+from resilience.transport.client import (
+    CHANNEL_OPTIONS,
+    ChainedChannel,
+    ChainMultiCallable,
+    call_kwargs,
+)
+
+
+def _terminal(inner: Any, kind: CallKind) -> Handler:
+    """The innermost handler: the grpc.aio multicallable, with the chain's deadline."""
+    if kind.response_streaming:
+
+        async def stream(call: Call) -> AsyncIterator[Any]:
+            responses = inner(call.request, **call_kwargs(call))
+            try:
+                async for response in responses:
+                    yield response
+            finally:
+                # A consumer that stops early must not leave the RPC running.
+                responses.cancel()
+
+        return stream
+
+    async def unary(call: Call) -> Any:
+        return await inner(call.request, **call_kwargs(call))
+
+    return unary
+
+
+class _AioMultiCallable(ChainMultiCallable):
+    """grpc.aio's calling convention: call options are keyword-only."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        """A coroutine for a unary response, an async iterator for a response stream."""
+        return super().__call__(
+            request, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+
+class AioResilientChannel(ChainedChannel, grpc.aio.Channel):
+    """Wraps a ``grpc.aio.Channel`` so that every method runs through its async chain."""
+
+    is_async = True
+    multicallable = _AioMultiCallable
+
+    def _terminal(self, inner: Any, kind: CallKind) -> Handler:
+        return _terminal(inner, kind)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    async def __aenter__(self) -> AioResilientChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+
+def aio_connect(
+    target: str,
+    settings: Any,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> AioResilientChannel:
+    """Open a grpc.aio channel to ``target`` whose methods run through async client chains."""
+    all_options = [*CHANNEL_OPTIONS, *options]
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(target, options=all_options)
+    else:
+        channel = grpc.aio.secure_channel(target, credentials, options=all_options)
+    return AioResilientChannel(channel, ChainResolver(settings, is_async=True), target)
