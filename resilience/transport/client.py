@@ -166,6 +166,22 @@ class _MultiCallable(ChainMultiCallable):
         )
 
 
+def _channel_method(kind: CallKind) -> Callable[..., Any]:
+    """``unary_unary`` and its three siblings: the same lookup, for one call kind each."""
+    attr = kind.name.lower()
+
+    def method(self: ChainedChannel, method: Any, request_serializer: Any = None,
+               response_deserializer: Any = None, **kwargs: Any) -> Any:
+        return self._multicallable(
+            getattr(self._channel, attr), method, kind,
+            request_serializer=request_serializer,
+            response_deserializer=response_deserializer, **kwargs,
+        )
+
+    method.__name__ = attr
+    return method
+
+
 class ChainedChannel:
     """What the sync and the asyncio channel share: each method's chain, built when a stub
     asks for the method and kept for the channel's life, so that every stub made on the
@@ -212,37 +228,10 @@ class ChainedChannel:
                 self.middleware[name] = used
         return built
 
-    def unary_unary(self, method: Any, request_serializer: Any = None,
-                    response_deserializer: Any = None, **kwargs: Any) -> Any:
-        return self._multicallable(
-            self._channel.unary_unary, method, CallKind.UNARY_UNARY,
-            request_serializer=request_serializer,
-            response_deserializer=response_deserializer, **kwargs,
-        )
-
-    def unary_stream(self, method: Any, request_serializer: Any = None,
-                     response_deserializer: Any = None, **kwargs: Any) -> Any:
-        return self._multicallable(
-            self._channel.unary_stream, method, CallKind.UNARY_STREAM,
-            request_serializer=request_serializer,
-            response_deserializer=response_deserializer, **kwargs,
-        )
-
-    def stream_unary(self, method: Any, request_serializer: Any = None,
-                     response_deserializer: Any = None, **kwargs: Any) -> Any:
-        return self._multicallable(
-            self._channel.stream_unary, method, CallKind.STREAM_UNARY,
-            request_serializer=request_serializer,
-            response_deserializer=response_deserializer, **kwargs,
-        )
-
-    def stream_stream(self, method: Any, request_serializer: Any = None,
-                      response_deserializer: Any = None, **kwargs: Any) -> Any:
-        return self._multicallable(
-            self._channel.stream_stream, method, CallKind.STREAM_STREAM,
-            request_serializer=request_serializer,
-            response_deserializer=response_deserializer, **kwargs,
-        )
+    unary_unary = _channel_method(CallKind.UNARY_UNARY)
+    unary_stream = _channel_method(CallKind.UNARY_STREAM)
+    stream_unary = _channel_method(CallKind.STREAM_UNARY)
+    stream_stream = _channel_method(CallKind.STREAM_STREAM)
 
 
 class ResilientChannel(ChainedChannel, grpc.Channel):
