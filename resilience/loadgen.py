@@ -12,7 +12,14 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from resilience.core.errors import status_of
+from resilience.core.errors import RpcStatusError, status_of
+
+
+def outcome(exc: grpc.RpcError) -> str:
+    """The status name, marked when the client's own chain answered (an open breaker, a
+    client-side limit) so that a summary tells those from the server's answers."""
+    name = status_of(exc).name
+    return f"{name} (local)" if isinstance(exc, RpcStatusError) else name
 
 
 @dataclasses.dataclass
@@ -73,7 +80,7 @@ def run_load(
                 send(i)
                 code = "OK"
             except grpc.RpcError as exc:
-                code = status_of(exc).name
+                code = outcome(exc)
             with lock:
                 result.record(code, clock() - begun)
 
@@ -114,7 +121,7 @@ async def run_load_async(
                 await send(i)
                 code = "OK"
             except grpc.RpcError as exc:
-                code = status_of(exc).name
+                code = outcome(exc)
             result.record(code, clock() - begun)
 
     workers = asyncio.gather(*(worker(n) for n in range(concurrency)))

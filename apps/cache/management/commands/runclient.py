@@ -87,8 +87,11 @@ class Command(BaseCommand):
             else:
                 pace = self._pace(options)
                 method, send, prefill = self._load_plan(stub, options)
-                for request in prefill:
-                    stub.Store(request)
+                try:
+                    for request in prefill:
+                        stub.Store(request)
+                except grpc.RpcError as exc:
+                    self._prefill_failed(exc)
                 with self._progress(method, options) as progress:
                     result = run_load(send, **pace, progress=progress)
                 self._write_summary(channel, method, result)
@@ -108,11 +111,21 @@ class Command(BaseCommand):
             else:
                 pace = self._pace(options)
                 method, send, prefill = self._load_plan(stub, options)
-                for request in prefill:
-                    await stub.Store(request)
+                try:
+                    for request in prefill:
+                        await stub.Store(request)
+                except grpc.RpcError as exc:
+                    self._prefill_failed(exc)
                 with self._progress(method, options) as progress:
                     result = await run_load_async(send, **pace, progress=progress)
                 self._write_summary(channel, method, result)
+
+    def _prefill_failed(self, exc: grpc.RpcError) -> None:
+        """A load against a failing server is worth running: say so, and go on."""
+        self.stderr.write(
+            f"could not store the load's keys first ({status_of(exc).name}); "
+            f"running the load anyway\n"
+        )
 
     def _write_value(self, reply: cache_pb2.GetResp) -> None:
         self.write(reply.value.decode("utf-8", "replace"))
