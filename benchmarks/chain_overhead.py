@@ -22,22 +22,14 @@ so the client process's cost is what is measured. Run with
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import datetime
 import gc
-import json
-import multiprocessing
-import os
-import platform
 import statistics
 import sys
 import threading
 import time
 import timeit
-import traceback
-from collections.abc import Callable, Iterator
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -48,6 +40,23 @@ from rich.table import Table
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
+from benchmarks._common import (
+    DEFAULT_CHAIN_NAMES,
+    DEFAULT_CLIENT_MIDDLEWARE,
+    KEY,
+    METHOD,
+    RESULTS_DIR,
+    VALUE,
+    bench_settings,
+    machine,
+    percentile,
+    print_footer,
+    print_targets,
+    ratio_targets,
+    record,
+    rotated,
+    server_process,
+)
 from resilience.conf.chains import ChainResolver
 from resilience.conf.settings import Settings
 from resilience.core.call import Call, CallKind
@@ -55,20 +64,7 @@ from resilience.core.chain import build_chain
 from resilience.transport.client import ResilientChannel, connect
 
 NAME = "chain_overhead"
-RESULTS = Path(__file__).resolve().parent / "results" / f"{NAME}.json"
-METHOD = "cache.CacheService/Get"
-KEY = "bench-key"
-VALUE = b"v" * 64
-DEFAULT_CLIENT_MIDDLEWARE = [
-    "resilience.middleware.Retry",
-    "resilience.middleware.Timeout",
-    "resilience.middleware.CircuitBreaker",
-]
-LATENCY_RATIO_MAX = 1.03
-THROUGHPUT_RATIO_MIN = 0.97
-# The server process never outlives this, even if the parent dies without telling it.
-SERVER_MAX_LIFETIME_S = 900.0
-SERVER_START_TIMEOUT_S = 60.0
+RESULTS = RESULTS_DIR / f"{NAME}.json"
 
 Get = Callable[[cache_pb2.GetReq], Any]
 
@@ -102,67 +98,6 @@ QUICK = Plan(
 )
 
 
-def bench_settings(**values: Any) -> Settings:
-    """Settings built in code, over the documented defaults."""
-    return Settings(values, env="benchmark", path=Path("<bench>"))
-
-
-# --- the server, in its own process ------------------------------------------------------
-
-
-def _serve(conn: Any) -> None:
-    """Child process: serve the cache app with no server middleware until told to stop."""
-    try:
-        from resilience.apps.registry import load_apps
-        from resilience.log import configure_logging
-        from resilience.transport.serving import Server
-
-        configure_logging("WARNING")
-        settings = bench_settings(SERVER_MIDDLEWARE=[], LOG_LEVEL="WARNING")
-        server = Server(settings, load_apps(settings.INSTALLED_APPS), "127.0.0.1:0")
-        server.start()
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
-    try:
-        conn.send(("ok", server.address))
-        # Returns on "stop", or at EOF when the parent has gone, or at the lifetime bound.
-        conn.poll(SERVER_MAX_LIFETIME_S)
-    finally:
-        server.stop(grace=0)
-
-
-@contextlib.contextmanager
-def server_process() -> Iterator[str]:
-    """A cache server in a spawned process on a loopback port; yields its address."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child,), name="bench-server", daemon=True)
-    proc.start()
-    child.close()
-    try:
-        if not parent.poll(SERVER_START_TIMEOUT_S):
-            raise RuntimeError(f"benchmark server did not start in {SERVER_START_TIMEOUT_S:g}s")
-        try:
-            status, detail = parent.recv()
-        except EOFError:
-            status, detail = "error", f"the server process exited ({proc.exitcode})"
-        if status != "ok":
-            raise RuntimeError(f"benchmark server failed to start:\n{detail}")
-        yield detail
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        parent.close()
-        proc.join(10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
-
-
 # --- the clients -------------------------------------------------------------------------
 
 
@@ -194,7 +129,7 @@ class Clients:
         chain_channel = connect(address, settings)
         chain = cache_pb2_grpc.CacheServiceStub(self._keep(chain_channel)).Get
         names = [type(m).__name__ for m in chain_channel.middleware[METHOD]]
-        if names != ["Retry", "Timeout", "CircuitBreaker"]:
+        if names != DEFAULT_CHAIN_NAMES:
             raise RuntimeError(f"expected the default client chain, built {names}")
         stub = cache_pb2_grpc.CacheServiceStub(self._keep(_bare_channel(address))).Get
         retrying = _tenacity_retrying()
@@ -232,11 +167,6 @@ class Clients:
 # --- measurements ------------------------------------------------------------------------
 
 
-def _rotated(names: list[str], by: int) -> list[str]:
-    by %= len(names)
-    return names[by:] + names[:by]
-
-
 def _timed_calls(get: Get, request: cache_pb2.GetReq, n: int) -> list[int]:
     clock = time.perf_counter_ns
     samples = []
@@ -257,7 +187,7 @@ def measure_latency(clients: Clients, request: cache_pb2.GetReq, plan: Plan) -> 
     round_medians: dict[str, list[float]] = {name: [] for name in names}
     cpu = dict.fromkeys(names, 0.0)
     for round_no in range(plan.latency_rounds):
-        for name in _rotated(names, round_no):
+        for name in rotated(names, round_no):
             cpu_start = time.process_time()
             got = _timed_calls(clients.latency[name], request, plan.latency_calls)
             cpu[name] += time.process_time() - cpu_start
@@ -267,8 +197,8 @@ def measure_latency(clients: Clients, request: cache_pb2.GetReq, plan: Plan) -> 
         "rounds": plan.latency_rounds,
         "calls_per_round": plan.latency_calls,
         "median_us": {n: statistics.median(s) / 1000 for n, s in samples.items()},
-        "p90_us": {n: _percentile(s, 90) / 1000 for n, s in samples.items()},
-        "p99_us": {n: _percentile(s, 99) / 1000 for n, s in samples.items()},
+        "p90_us": {n: percentile(s, 90) / 1000 for n, s in samples.items()},
+        "p99_us": {n: percentile(s, 99) / 1000 for n, s in samples.items()},
         "client_cpu_us_per_call": {n: c * 1e6 / len(samples[n]) for n, c in cpu.items()},
     }
     bare = result["median_us"]["bare"]
@@ -281,11 +211,6 @@ def measure_latency(clients: Clients, request: cache_pb2.GetReq, plan: Plan) -> 
         if n != "bare"
     }
     return result
-
-
-def _percentile(samples: list[int], p: float) -> float:
-    ordered = sorted(samples)
-    return float(ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))])
 
 
 class _ConstantChannel(grpc.Channel):
@@ -413,7 +338,7 @@ def measure_throughput(clients: Clients, request: Any, plan: Plan) -> dict[str, 
     totals = {name: [0, 0, 0.0, 0.0] for name in names}
     per_round: dict[str, list[float]] = {name: [] for name in names}
     for round_no in range(plan.throughput_rounds):
-        for name in _rotated(names, round_no):
+        for name in rotated(names, round_no):
             cpu_start = time.process_time()
             calls, errors, elapsed = _run_threads(
                 clients.throughput[name], request, threads, seconds, plan.throughput_max_calls
@@ -453,22 +378,7 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     inproc = results["in_process"]["ns_per_call"]
     lat_us = results["latency"]["median_us"]
     return {
-        "latency_ratio": {
-            "value": latency, "target": f"<= {LATENCY_RATIO_MAX}",
-            "passed": latency <= LATENCY_RATIO_MAX,
-        },
-        "throughput_ratio": {
-            "value": throughput, "target": f">= {THROUGHPUT_RATIO_MIN}",
-            "passed": throughput >= THROUGHPUT_RATIO_MIN,
-        },
-        "latency_ratio_vs_bare_with_deadline": {
-            "value": lat_t, "target": f"<= {LATENCY_RATIO_MAX}",
-            "passed": lat_t <= LATENCY_RATIO_MAX,
-        },
-        "throughput_ratio_vs_bare_with_deadline": {
-            "value": tput_t, "target": f">= {THROUGHPUT_RATIO_MIN}",
-            "passed": tput_t >= THROUGHPUT_RATIO_MIN,
-        },
+        **ratio_targets(latency, throughput, lat_t, tput_t),
         "cheaper_than_tenacity": {
             "value": {
                 "in_process_ns": [inproc["chain_stub"], inproc["tenacity"]],
@@ -481,32 +391,7 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "?"
-
-    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(affinity) if affinity is not None else os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "grpcio": grpc.__version__,
-        "pybreaker": version("pybreaker"),
-        "tenacity": version("tenacity"),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-
-
 # --- report ------------------------------------------------------------------------------
-
-
-def _mark(passed: bool) -> str:
-    return "[green]pass[/]" if passed else "[red]FAIL[/]"
 
 
 def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
@@ -541,30 +426,11 @@ def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
     row("  median of round ratios", tput["round_ratio_median"], ".3f", keys)
     row("  client CPU µs/call", tput["client_cpu_us_per_call"], ".1f", keys)
     console.print(table)
-    for name, target in results["targets"].items():
-        value = target["value"]
-        shown = f"{value:.3f}" if isinstance(value, float) else json.dumps(
-            {k: [round(x, 1) for x in v] for k, v in value.items()}
-        )
-        console.print(f"{_mark(target['passed'])} {name}: {shown} (target {target['target']})")
+    print_targets(console, results["targets"])
     errors = {n: e for n, e in tput["errors"].items() if e}
     if errors:
         console.print(f"[red]errors during throughput runs: {errors}[/]")
-    m = results["machine"]
-    console.print(
-        f"{m['cpus_usable']} cpus, Python {m['python']}, grpcio {m['grpcio']}, "
-        f"{results['elapsed_s']:.0f}s"
-        + (f"; written to {results['output']}" if results.get("output") else "")
-    )
-
-
-def write(results: dict[str, Any], path: Path) -> None:
-    """Write atomically, so an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
+    print_footer(console, results)
 
 # --- entry points ------------------------------------------------------------------------
 
@@ -585,7 +451,7 @@ def run(
         "benchmark": NAME,
         "quick": quick,
         "plan": dataclasses.asdict(plan),
-        "machine": machine(),
+        "machine": machine("pybreaker", "tenacity"),
         "method": METHOD,
         "client_chain": DEFAULT_CLIENT_MIDDLEWARE,
     }
@@ -602,12 +468,7 @@ def run(
             clients.close()
     results["targets"] = judge(results)
     results["elapsed_s"] = time.perf_counter() - began
-    path = output if output is not None or quick else RESULTS
-    if path is not None:
-        root = RESULTS.parents[2]
-        shown = path.resolve()
-        results["output"] = str(shown.relative_to(root) if shown.is_relative_to(root) else shown)
-        write(results, path)
+    record(results, RESULTS, quick, output)
     report(results, stdout)
     return results
 

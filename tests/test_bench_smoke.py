@@ -1,7 +1,8 @@
-"""The chain-overhead benchmark runs end to end; its figures are measured, never asserted."""
+"""The benchmarks run end to end; their figures are measured, never asserted."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import chain_overhead
+from benchmarks import aio_overhead, chain_overhead
 from resilience.management import CommandError, call_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,63 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
     assert "chain overhead" in out.getvalue()
 
 
+@pytest.mark.timeout(60)
+def test_aio_quick_run_reports_every_figure(tmp_path: Path) -> None:
+    out = io.StringIO()
+    output = tmp_path / "aio_overhead.json"
+    results = aio_overhead.run(quick=True, stdout=out, output=output)
+
+    assert json.loads(output.read_text(encoding="utf-8")) == json.loads(json.dumps(results))
+    assert not list(tmp_path.glob("*.tmp"))
+    assert results["quick"] is True
+    assert results["benchmark"] == "aio_overhead"
+    assert "AioServer" in results["server"]
+    for key in ("cpu_count", "python", "grpcio", "date"):
+        assert results["machine"][key], key
+
+    latency = results["latency"]
+    clients = {"bare", "bare_timeout", "chain", "sync_bare", "sync_chain"}
+    for key in ("median_us", "p90_us", "p99_us", "client_cpu_us_per_call"):
+        positive(latency[key], clients)
+    positive(latency["ratio"], clients - {"bare"})
+    positive(latency["round_ratio_median"], clients - {"bare"})
+    positive(latency["aio_vs_sync"], {"bare", "chain"})
+
+    in_process = results["in_process"]["ns_per_call"]
+    positive(in_process, {"bare_await", "chain", "chain_stub"})
+
+    throughput = results["throughput"]
+    assert throughput["tasks"] == 64
+    clients = {"bare", "bare_timeout", "chain"}
+    positive(throughput["calls_per_s"], clients)
+    positive(throughput["client_cpu_us_per_call"], clients)
+    positive(throughput["ratio"], clients - {"bare"})
+    positive(throughput["round_ratio_median"], clients - {"bare"})
+    assert throughput["errors"] == dict.fromkeys(clients, 0)
+
+    assert set(results["targets"]) == {
+        "latency_ratio", "throughput_ratio",
+        "latency_ratio_vs_bare_with_deadline", "throughput_ratio_vs_bare_with_deadline",
+    }
+    for target in results["targets"].values():
+        assert isinstance(target["passed"], bool)
+    assert "aio chain overhead" in out.getvalue()
+
+
+def test_aio_quick_run_without_output_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results_file = tmp_path / "results" / "aio_overhead.json"
+    monkeypatch.setattr(aio_overhead, "RESULTS", results_file)
+    monkeypatch.setattr(aio_overhead, "QUICK", dataclasses.replace(
+        aio_overhead.QUICK, latency_rounds=1, latency_calls=5, warmup_calls=5,
+        inproc_number=100, inproc_repeat=1, throughput_seconds=0.05,
+    ))
+    results = aio_overhead.run(quick=True, stdout=io.StringIO())
+    assert "output" not in results
+    assert not results_file.exists()
+
+
 @pytest.fixture
 def settings_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RESILIENCE_ENV", raising=False)
@@ -70,11 +128,13 @@ def test_bench_lists_benchmarks() -> None:
     out = io.StringIO()
     assert call_command("bench", "--env", "testing", stdout=out, stderr=io.StringIO()) == 0
     assert "chain_overhead" in out.getvalue()
+    assert "aio_overhead" in out.getvalue()
 
 
 @pytest.mark.usefixtures("settings_file")
 def test_bench_unknown_name() -> None:
-    with pytest.raises(CommandError, match="unknown benchmark 'nope'; available: chain_overhead"):
+    available = "aio_overhead, chain_overhead"
+    with pytest.raises(CommandError, match=f"unknown benchmark 'nope'; available: {available}"):
         call_command("bench", "nope", "--env", "testing", stdout=io.StringIO(),
                      stderr=io.StringIO())
 

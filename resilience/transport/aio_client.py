@@ -18,9 +18,11 @@ from resilience.core.call import Call, CallKind
 from resilience.core.middleware import Handler
 from resilience.transport.client import (
     CHANNEL_OPTIONS,
+    CallOptions,
     ChainedChannel,
     ChainMultiCallable,
     call_kwargs,
+    remaining_timeout,
 )
 
 
@@ -40,6 +42,10 @@ def _terminal(inner: Any, kind: CallKind) -> Handler:
         return stream
 
     async def unary(call: Call) -> Any:
+        if call.context is None:  # no call options: skip building a kwargs dict
+            return await inner(
+                call.request, timeout=remaining_timeout(call), metadata=call.metadata or None
+            )
         return await inner(call.request, **call_kwargs(call))
 
     return unary
@@ -61,9 +67,10 @@ class _AioMultiCallable(ChainMultiCallable):
         compression: grpc.Compression | None = None,
     ) -> Any:
         """A coroutine for a unary response, an async iterator for a response stream."""
-        return super().__call__(
-            request, timeout, metadata, credentials, wait_for_ready, compression
-        )
+        options = None
+        if credentials is not None or wait_for_ready is not None or compression is not None:
+            options = CallOptions(credentials, wait_for_ready, compression)
+        return self._chain(self._call(request, timeout, metadata, options))
 
 
 class AioResilientChannel(ChainedChannel, grpc.aio.Channel):

@@ -1,0 +1,510 @@
+"""What the default client chain costs per call under asyncio (grpc.aio).
+
+The default chain (Retry, Timeout, CircuitBreaker) on ``aio_connect()`` is compared with a
+bare grpc.aio stub, every ratio against the bare grpc.aio call measured in the same run:
+
+* sequential latency over loopback: bare grpc.aio, bare grpc.aio with ``timeout=1.0``
+  (the chain's Timeout gives every call a deadline, which costs grpc itself), the aio
+  chain, and, for aio against sync, the bare grpcio stub and the sync chain of
+  ``connect()``. Clients take turns in many short rotating rounds; the aio ones on one
+  event loop, the sync ones called directly between them, outside the loop. The median
+  per call and the median of the per-round ratios are reported;
+* in-process cost with no network: the async chain over a terminal coroutine that returns
+  a constant, in nanoseconds per awaited call, against awaiting that coroutine bare;
+* throughput at concurrency 64: 64 tasks on the loop sharing one channel per client,
+  rounds interleaved, in calls per second;
+* targets, reported as pass or fail: latency within 3% of bare aio and throughput at least
+  0.97x bare aio, as for the sync chain, and both again against bare aio with the deadline.
+
+The server is the real cache app on the asyncio server (``AioServer``, the async
+servicer) with no server middleware, in a separate process, so the client process's cost
+is what is measured. Run with ``python -m benchmarks.aio_overhead [--quick]`` or
+``manage.py bench aio_overhead``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+import grpc.aio
+from rich.console import Console
+from rich.table import Table
+
+from apps.cache.protos import cache_pb2, cache_pb2_grpc
+from benchmarks._common import (
+    DEFAULT_CHAIN_NAMES,
+    DEFAULT_CLIENT_MIDDLEWARE,
+    KEY,
+    METHOD,
+    RESULTS_DIR,
+    VALUE,
+    bench_settings,
+    machine,
+    percentile,
+    print_footer,
+    print_targets,
+    ratio_targets,
+    record,
+    rotated,
+    round_ratio_medians,
+    server_process,
+)
+from resilience.conf.chains import ChainResolver
+from resilience.conf.settings import Settings
+from resilience.core.call import Call, CallKind
+from resilience.core.chain import build_chain
+from resilience.transport.aio_client import AioResilientChannel, aio_connect
+from resilience.transport.client import connect
+
+NAME = "aio_overhead"
+RESULTS = RESULTS_DIR / f"{NAME}.json"
+SERVER = "aio"
+SERVER_DESCRIPTION = (
+    "AioServer (grpc.aio, AsyncCacheServicer), no server middleware, spawned process, loopback"
+)
+AIO_CLIENTS = ("bare", "bare_timeout", "chain")
+SYNC_CLIENTS = ("sync_bare", "sync_chain")
+# No single aio round or measurement may take longer than this (the server is local).
+AIO_ROUND_LIMIT_S = 120.0
+
+Get = Callable[[cache_pb2.GetReq], Any]
+AGet = Callable[[cache_pb2.GetReq], Awaitable[Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much to measure; every loop in the benchmark is bounded by these numbers."""
+
+    warmup_calls: int
+    latency_rounds: int
+    latency_calls: int
+    inproc_number: int
+    inproc_repeat: int
+    throughput_rounds: int
+    throughput_seconds: float
+    throughput_tasks: int
+    throughput_max_calls: int  # per task per measurement, a bound besides the duration
+
+
+FULL = Plan(
+    warmup_calls=500, latency_rounds=30, latency_calls=300,
+    inproc_number=20_000, inproc_repeat=7,
+    throughput_rounds=20, throughput_seconds=0.5, throughput_tasks=64,
+    throughput_max_calls=50_000,
+)
+QUICK = Plan(
+    warmup_calls=30, latency_rounds=2, latency_calls=20,
+    inproc_number=1000, inproc_repeat=2,
+    throughput_rounds=1, throughput_seconds=0.2, throughput_tasks=64,
+    throughput_max_calls=2000,
+)
+
+
+# --- the clients -------------------------------------------------------------------------
+
+
+def _aio_bare_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+
+
+class Clients:
+    """One channel per way of calling Get: ``aio`` ones give awaitables, ``sync`` ones
+    responses. Open it inside the event loop that will use its aio channels."""
+
+    def __init__(self, address: str, settings: Settings) -> None:
+        self.aio_channels: list[Any] = []
+        self.sync_channels: list[grpc.Channel] = []
+        bare = cache_pb2_grpc.CacheServiceStub(self._aio(_aio_bare_channel(address))).Get
+        timed = cache_pb2_grpc.CacheServiceStub(self._aio(_aio_bare_channel(address))).Get
+
+        def bare_timeout(request: cache_pb2.GetReq) -> Awaitable[Any]:
+            return timed(request, timeout=1.0)
+
+        chain_channel = aio_connect(address, settings)
+        chain = cache_pb2_grpc.CacheServiceStub(self._aio(chain_channel)).Get
+        self._check_chain(chain_channel)
+        self.aio: dict[str, AGet] = {"bare": bare, "bare_timeout": bare_timeout, "chain": chain}
+
+        sync_bare_channel = grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+        sync_bare = cache_pb2_grpc.CacheServiceStub(self._sync(sync_bare_channel)).Get
+        sync_chain_channel = connect(address, settings)
+        sync_chain = cache_pb2_grpc.CacheServiceStub(self._sync(sync_chain_channel)).Get
+        self._check_chain(sync_chain_channel)
+        self.sync: dict[str, Get] = {"sync_bare": sync_bare, "sync_chain": sync_chain}
+        self.store = cache_pb2_grpc.CacheServiceStub(self.sync_channels[0]).Store
+
+    @staticmethod
+    def _check_chain(channel: Any) -> None:
+        names = [type(m).__name__ for m in channel.middleware[METHOD]]
+        if names != DEFAULT_CHAIN_NAMES:
+            raise RuntimeError(f"expected the default client chain, built {names}")
+
+    def _aio(self, channel: Any) -> Any:
+        self.aio_channels.append(channel)
+        return channel
+
+    def _sync(self, channel: grpc.Channel) -> grpc.Channel:
+        self.sync_channels.append(channel)
+        return channel
+
+    async def aclose(self) -> None:
+        for channel in self.aio_channels:
+            await channel.close()
+
+    def close(self) -> None:
+        for channel in self.sync_channels:
+            channel.close()
+
+
+# --- measurements ------------------------------------------------------------------------
+
+
+def _timed_calls(get: Get, request: cache_pb2.GetReq, n: int) -> list[int]:
+    clock = time.perf_counter_ns
+    samples = []
+    append = samples.append
+    for _ in range(n):
+        start = clock()
+        get(request)
+        append(clock() - start)
+    return samples
+
+
+async def _atimed_calls(get: AGet, request: cache_pb2.GetReq, n: int) -> list[int]:
+    clock = time.perf_counter_ns
+    samples = []
+    append = samples.append
+    for _ in range(n):
+        start = clock()
+        await get(request)
+        append(clock() - start)
+    return samples
+
+
+def _on_loop(runner: asyncio.Runner, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` to completion on the benchmark's one event loop, bounded in time."""
+    return runner.run(asyncio.wait_for(coro, AIO_ROUND_LIMIT_S))
+
+
+def measure_latency(
+    runner: asyncio.Runner, clients: Clients, request: cache_pb2.GetReq, plan: Plan
+) -> dict[str, Any]:
+    """Sequential calls, clients interleaved in short rounds; medians in microseconds.
+
+    Aio rounds run on the loop; sync rounds run between them, with the loop idle."""
+
+    def measure(name: str, n: int) -> list[int]:
+        if name in clients.aio:
+            return _on_loop(runner, _atimed_calls(clients.aio[name], request, n))
+        return _timed_calls(clients.sync[name], request, n)
+
+    names = [*AIO_CLIENTS, *SYNC_CLIENTS]
+    for name in names:
+        measure(name, plan.warmup_calls)
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    round_medians: dict[str, list[float]] = {name: [] for name in names}
+    cpu = dict.fromkeys(names, 0.0)
+    for round_no in range(plan.latency_rounds):
+        for name in rotated(names, round_no):
+            cpu_start = time.process_time()
+            got = measure(name, plan.latency_calls)
+            cpu[name] += time.process_time() - cpu_start
+            samples[name].extend(got)
+            round_medians[name].append(statistics.median(got))
+    median_us = {n: statistics.median(s) / 1000 for n, s in samples.items()}
+    return {
+        "rounds": plan.latency_rounds,
+        "calls_per_round": plan.latency_calls,
+        "median_us": median_us,
+        "p90_us": {n: percentile(s, 90) / 1000 for n, s in samples.items()},
+        "p99_us": {n: percentile(s, 99) / 1000 for n, s in samples.items()},
+        "client_cpu_us_per_call": {n: c * 1e6 / len(samples[n]) for n, c in cpu.items()},
+        "ratio": {n: median_us[n] / median_us["bare"] for n in names if n != "bare"},
+        "round_ratio_median": round_ratio_medians(round_medians, "bare", names),
+        # aio against sync, like for like: each aio client over its sync counterpart.
+        "aio_vs_sync": {
+            "bare": round_ratio_medians(round_medians, "sync_bare", ["bare"])["bare"],
+            "chain": round_ratio_medians(round_medians, "sync_chain", ["chain"])["chain"],
+        },
+    }
+
+
+class _ConstantAioChannel:
+    """Stands in for a grpc.aio channel whose calls answer at once: no network at all."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+    def _constant(self, *args: Any, **kwargs: Any) -> Callable[..., Awaitable[Any]]:
+        response = self.response
+
+        async def call(request: Any, **_: Any) -> Any:
+            return response
+
+        return call
+
+    unary_unary = unary_stream = stream_unary = stream_stream = _constant
+
+
+async def _await_bare(terminal: Callable[[Call], Awaitable[Any]], call: Call, n: int) -> int:
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in range(n):
+        await terminal(call)
+    return clock() - start
+
+
+async def _await_chain(chain: Callable[[Call], Awaitable[Any]], request: Any, n: int) -> int:
+    kind = CallKind.UNARY_UNARY
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in range(n):
+        await chain(Call(METHOD, kind, "client", request))
+    return clock() - start
+
+
+async def _await_stub(get: AGet, request: Any, n: int) -> int:
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in range(n):
+        await get(request)
+    return clock() - start
+
+
+def measure_in_process(
+    runner: asyncio.Runner, settings: Settings, request: Any, plan: Plan
+) -> dict[str, Any]:
+    """Nanoseconds per awaited call, best of ``inproc_repeat``, with no network at all."""
+    response = cache_pb2.GetResp(value=VALUE)
+    resolver = ChainResolver(settings, is_async=True)
+    specs = resolver.resolve("client", METHOD)
+    if resolver.problems:
+        raise RuntimeError("; ".join(p.msg for p in resolver.problems))
+
+    async def constant(call: Call) -> Any:
+        return response
+
+    chain, _ = build_chain(
+        specs, constant, method=METHOD, kind=CallKind.UNARY_UNARY, side="client", shared={},
+        target="bench", is_async=True,
+    )
+    channel = AioResilientChannel(
+        _ConstantAioChannel(response), ChainResolver(settings, is_async=True), "bench"
+    )
+    stub_get = cache_pb2_grpc.CacheServiceStub(channel).Get
+    call = Call(METHOD, CallKind.UNARY_UNARY, "client", request)
+    n = plan.inproc_number
+    runs: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
+        "bare_await": lambda: _await_bare(constant, call, n),
+        "chain": lambda: _await_chain(chain, request, n),
+        "chain_stub": lambda: _await_stub(stub_get, request, n),
+    }
+    best = {name: float("inf") for name in runs}
+    for _ in range(plan.inproc_repeat):  # interleaved, like the latency rounds
+        for name, make in runs.items():
+            best[name] = min(best[name], _on_loop(runner, make()) / n)
+    base = best["bare_await"]
+    return {
+        "number": n,
+        "repeat": plan.inproc_repeat,
+        "ns_per_call": best,
+        "overhead_ns": {name: v - base for name, v in best.items() if name != "bare_await"},
+        "what": {
+            "bare_await": "awaiting a coroutine function that returns a constant",
+            "chain": "the default async chain over that coroutine function, a Call built "
+            "per call",
+            "chain_stub": "a stub on an AioResilientChannel over a constant channel: Call, "
+            "async chain and terminal, as a real aio client call runs them",
+        },
+    }
+
+
+async def _run_tasks(
+    get: AGet, request: Any, tasks: int, seconds: float, max_calls: int
+) -> tuple[int, int, float]:
+    """(calls, errors, elapsed seconds) for ``tasks`` tasks calling for ``seconds``."""
+    clock = time.perf_counter
+    start = clock()
+    deadline = start + seconds
+
+    async def worker() -> tuple[int, int, float]:
+        n = failed = 0
+        while n < max_calls and clock() < deadline:
+            n += 1
+            try:
+                await get(request)
+            except grpc.RpcError:
+                failed += 1
+        return n, failed, clock()
+
+    done = await asyncio.gather(*(worker() for _ in range(tasks)))
+    return (
+        sum(d[0] for d in done), sum(d[1] for d in done), max(d[2] for d in done) - start
+    )
+
+
+def measure_throughput(
+    runner: asyncio.Runner, clients: Clients, request: Any, plan: Plan
+) -> dict[str, Any]:
+    """Calls per second with ``throughput_tasks`` tasks sharing one channel per client."""
+    names = list(AIO_CLIENTS)
+    tasks, seconds = plan.throughput_tasks, plan.throughput_seconds
+    for name in names:  # warm up every client under concurrency
+        _on_loop(runner, _run_tasks(clients.aio[name], request, tasks, min(0.2, seconds), 500))
+    totals = {name: [0, 0, 0.0, 0.0] for name in names}
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for round_no in range(plan.throughput_rounds):
+        for name in rotated(names, round_no):
+            cpu_start = time.process_time()
+            calls, errors, elapsed = _on_loop(runner, _run_tasks(
+                clients.aio[name], request, tasks, seconds, plan.throughput_max_calls
+            ))
+            totals[name][3] += time.process_time() - cpu_start
+            totals[name][0] += calls
+            totals[name][1] += errors
+            totals[name][2] += elapsed
+            per_round[name].append(calls / elapsed)
+    rate = {n: t[0] / t[2] for n, t in totals.items()}
+    return {
+        "tasks": tasks,
+        "seconds_per_measurement": seconds,
+        "rounds": plan.throughput_rounds,
+        "calls_per_s": rate,
+        "errors": {n: int(t[1]) for n, t in totals.items()},
+        "client_cpu_us_per_call": {n: t[3] * 1e6 / max(1, t[0]) for n, t in totals.items()},
+        "ratio": {n: rate[n] / rate["bare"] for n in names if n != "bare"},
+        "round_ratio_median": round_ratio_medians(per_round, "bare", names),
+    }
+
+
+def judge(results: dict[str, Any]) -> dict[str, Any]:
+    """The targets, each with its figure and whether it was met: the sync chain's, for
+    the aio chain against bare grpc.aio."""
+    latency = results["latency"]["round_ratio_median"]["chain"]
+    throughput = results["throughput"]["round_ratio_median"]["chain"]
+    # The chain's Timeout gives every call a deadline, which costs grpc itself; against
+    # a bare call with the same deadline the figures show what the chain alone adds.
+    lat_t = latency / results["latency"]["round_ratio_median"]["bare_timeout"]
+    tput_t = throughput / results["throughput"]["round_ratio_median"]["bare_timeout"]
+    return ratio_targets(latency, throughput, lat_t, tput_t)
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
+    console = Console(file=stdout or sys.stdout)
+    if not console.is_terminal:
+        console.width = 130
+    lat, inproc, tput = results["latency"], results["in_process"], results["throughput"]
+    title = f"aio chain overhead{' (quick: figures are rough)' if results['quick'] else ''}"
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("bare aio", justify="right")
+    table.add_column("bare aio, timeout=1", justify="right")
+    table.add_column("aio chain", justify="right")
+    table.add_column("bare sync", justify="right")
+    table.add_column("sync chain", justify="right")
+
+    def row(label: str, values: dict[str, float], fmt: str, keys: tuple[str, ...]) -> None:
+        table.add_row(label, *[format(values[k], fmt) if k in values else "-" for k in keys])
+
+    keys = (*AIO_CLIENTS, *SYNC_CLIENTS)
+    row("latency median (µs)", lat["median_us"], ".1f", keys)
+    row("latency p99 (µs)", lat["p99_us"], ".1f", keys)
+    row("latency ratio vs bare aio", lat["ratio"], ".3f", keys)
+    row("  median of round ratios", lat["round_ratio_median"], ".3f", keys)
+    row("  client CPU µs/call", lat["client_cpu_us_per_call"], ".1f", keys)
+    row("aio ÷ sync latency (round medians)", lat["aio_vs_sync"], ".3f", keys)
+    ns = inproc["ns_per_call"]
+    ns_keys = ("bare_await", "-", "chain_stub", "-", "-")
+    row("in-process ns/awaited call", ns, ".0f", ns_keys)
+    row("  chain alone (no stub/terminal)", {"chain_stub": ns["chain"]}, ".0f", ns_keys)
+    row(f"throughput calls/s ({tput['tasks']} tasks)", tput["calls_per_s"], ".0f", keys)
+    row("throughput ratio vs bare aio", tput["ratio"], ".3f", keys)
+    row("  median of round ratios", tput["round_ratio_median"], ".3f", keys)
+    row("  client CPU µs/call", tput["client_cpu_us_per_call"], ".1f", keys)
+    console.print(table)
+    print_targets(console, results["targets"])
+    errors = {n: e for n, e in tput["errors"].items() if e}
+    if errors:
+        console.print(f"[red]errors during throughput runs: {errors}[/]")
+    console.print(f"server: {results['server']}; aio clients on one event loop, sync clients "
+                  f"called between aio rounds with the loop idle")
+    print_footer(console, results)
+
+
+# --- entry points ------------------------------------------------------------------------
+
+
+def run(
+    *, quick: bool = False, stdout: TextIO | None = None, output: Path | None = None
+) -> dict[str, Any]:
+    """Measure, print a table to ``stdout`` and return the figures.
+
+    A full run writes them to ``benchmarks/results/aio_overhead.json`` (or ``output``);
+    a quick run writes only to ``output``, if given, so it never replaces full figures.
+    """
+    plan = QUICK if quick else FULL
+    began = time.perf_counter()
+    settings = bench_settings(CLIENT_MIDDLEWARE=DEFAULT_CLIENT_MIDDLEWARE)
+    request = cache_pb2.GetReq(key=KEY)
+    results: dict[str, Any] = {
+        "benchmark": NAME,
+        "quick": quick,
+        "plan": dataclasses.asdict(plan),
+        "machine": machine("pybreaker"),
+        "method": METHOD,
+        "client_chain": DEFAULT_CLIENT_MIDDLEWARE,
+        "server": SERVER_DESCRIPTION,
+        "event_loop": "asyncio (default policy), one loop for every aio client",
+    }
+    with asyncio.Runner() as runner:
+        results["in_process"] = measure_in_process(runner, settings, request, plan)
+        with server_process(SERVER) as address:
+
+            async def open_clients() -> Clients:
+                return Clients(address, settings)
+
+            clients = runner.run(open_clients())
+            try:
+                clients.store(cache_pb2.StoreReq(key=KEY, value=VALUE), timeout=10)
+                gc.collect()
+                results["latency"] = measure_latency(runner, clients, request, plan)
+                gc.collect()
+                results["throughput"] = measure_throughput(runner, clients, request, plan)
+            finally:
+                clients.close()
+                runner.run(clients.aclose())
+    results["targets"] = judge(results)
+    results["elapsed_s"] = time.perf_counter() - began
+    record(results, RESULTS, quick, output)
+    report(results, stdout)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resilience.log import configure_logging
+
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{NAME}", description=__doc__
+                                     .split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--output", type=Path, help=f"JSON file (default: {RESULTS})")
+    args = parser.parse_args(argv)
+    configure_logging("WARNING")
+    run(quick=args.quick, output=args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
