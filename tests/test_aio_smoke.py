@@ -138,7 +138,9 @@ def test_aio_client_to_sync_server() -> None:
 def test_sync_servicer_is_refused_at_startup() -> None:
     async def body() -> None:
         with pytest.raises(ImproperlyConfigured, match=f"{GET} must be a coroutine function"):
-            AioServer(make_settings(), scripted_apps(ScriptedServicer()), "127.0.0.1:0")
+            AioServer(make_settings(),
+                      scripted_apps(ScriptedServicer(), async_servicer=ScriptedServicer()),
+                      "127.0.0.1:0")
 
     asyncio.run(body())
 

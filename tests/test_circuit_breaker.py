@@ -1,6 +1,10 @@
 """CircuitBreaker against real servers: it opens after consecutive failures and then fails
 fast without touching the network, recovers after reset_timeout, ignores caller errors,
-does not serialise calls, and hands its error to a configured fallback."""
+does not serialise calls, and hands its error to a configured fallback.
+
+Every test runs in the four pairings of sync and asyncio client and server (the
+``pairing`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,12 @@ from typing import Any
 import grpc
 import pytest
 
-from apps.cache.protos import cache_pb2, cache_pb2_grpc
+from apps.cache.protos import cache_pb2
 from resilience.core.errors import RpcStatusError
 from resilience.middleware import CircuitBreaker
-from resilience.transport.client import connect
 from tests.support import fallbacks
 from tests.support.scripted import ScriptedServicer
-from tests.support.servers import client, make_settings, running_server
+from tests.support.servers import Pairing, make_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,19 +52,16 @@ def timed_failure(stub: Any, key: str) -> tuple[grpc.RpcError, float]:
     return info.value, time.monotonic() - start
 
 
-def test_opens_on_a_dead_server_fails_fast_then_recovers() -> None:
+def test_opens_on_a_dead_server_fails_fast_then_recovers(pairing: Pairing) -> None:
     settings = breaker_settings()
-    with running_server(settings, ScriptedServicer()) as server:
+    with pairing.server(settings, ScriptedServicer()) as server:
         port = server.port
     # Reconnect quickly once the server is back, so the trial call is not refused by the
     # channel's own reconnect backoff (1 s by default).
-    channel = connect(
-        f"127.0.0.1:{port}", settings,
+    with pairing.client(
+        settings, f"127.0.0.1:{port}",
         options=[("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)],
-    )
-    stub: Any = cache_pb2_grpc.CacheServiceStub(channel)
-    stub.channel = channel
-    try:
+    ) as stub:
         breaker = breaker_of(stub)
         for _ in range(FAIL_MAX):
             error, _ = timed_failure(stub, "k")
@@ -77,7 +77,7 @@ def test_opens_on_a_dead_server_fails_fast_then_recovers() -> None:
             assert GET in error.details()
 
         servicer = ScriptedServicer()
-        with running_server(settings, servicer, port=port):
+        with pairing.server(settings, servicer, port=port):
             # Still open: the call fails fast and never reaches the new server.
             error, elapsed = timed_failure(stub, "k")
             assert elapsed < 0.1
@@ -96,14 +96,13 @@ def test_opens_on_a_dead_server_fails_fast_then_recovers() -> None:
             assert response.value == b"back"
             assert breaker.state == "closed"
             assert servicer.attempts["back"] >= 1
-    finally:
-        channel.close()
 
 
-def test_caller_errors_never_open_it() -> None:
+def test_caller_errors_never_open_it(pairing: Pairing) -> None:
     settings = breaker_settings()
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         for _ in range(50):
             with pytest.raises(grpc.RpcError) as info:
                 stub.Get(cache_pb2.GetReq(key="notfound"), timeout=5)
@@ -114,14 +113,15 @@ def test_caller_errors_never_open_it() -> None:
         assert servicer.attempts["notfound"] == 50
 
 
-def test_calls_through_one_breaker_run_in_parallel() -> None:
+def test_calls_through_one_breaker_run_in_parallel(pairing: Pairing) -> None:
     settings = breaker_settings()
     servicer = ScriptedServicer()
     calls = 16
     barrier = threading.Barrier(calls)
     outcomes: list[bytes | BaseException | None] = [None] * calls
 
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         # One counted failure, so successes take the breaker's locked path as well.
         with pytest.raises(grpc.RpcError):
             stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE"), timeout=5)
@@ -149,11 +149,12 @@ def test_calls_through_one_breaker_run_in_parallel() -> None:
         assert breaker_of(stub).breaker.fail_counter == 0
 
 
-def test_fallback_answers_while_open_and_gets_the_breakers_error() -> None:
+def test_fallback_answers_while_open_and_gets_the_breakers_error(pairing: Pairing) -> None:
     settings = breaker_settings(fallback="tests.support.fallbacks.fallback_value")
     servicer = ScriptedServicer()
     fallbacks.received.clear()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         # Failures with a failure code also go to the fallback, with the server's error.
         for _ in range(FAIL_MAX):
             assert stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE"), timeout=5).value == (

@@ -1,12 +1,17 @@
 """Server ConcurrencyLimit against real calls: overload turns into prompt RESOURCE_EXHAUSTED
 answers, never more than the limit runs, and cancelled calls and streams give their slots
-back."""
+back.
+
+Every test runs in the four pairings of sync and asyncio client and server (the
+``pairing`` fixture).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -15,7 +20,7 @@ import pytest
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from resilience.middleware import ConcurrencyLimit
 from tests.support.scripted import ScriptedServicer
-from tests.support.servers import client, make_settings, running_server
+from tests.support.servers import Pairing, make_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,6 +44,20 @@ def limiter(server: Any, method: str) -> ConcurrencyLimit:
     return middleware
 
 
+@contextlib.contextmanager
+def cancellable_client(pairing: Pairing, settings: Any, address: str) -> Iterator[Any]:
+    """A stub whose unary calls have ``.future()`` (whose future cancels the call) and whose
+    streams have ``.cancel()``: a plain grpc channel's for a sync client, since the resilient
+    sync channel has no ``future()``; the aio façade's for an aio client, whose future
+    cancels the task awaiting the call."""
+    if pairing.client_mode == "aio":
+        with pairing.client(settings, address) as stub:
+            yield stub
+        return
+    with grpc.insecure_channel(address) as channel:
+        yield cache_pb2_grpc.CacheServiceStub(channel)
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll ``condition`` until it holds; fail the test if it does not within ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -48,14 +67,17 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def test_overload_admits_exactly_the_limit_and_rejects_the_rest_promptly() -> None:
+def test_overload_admits_exactly_the_limit_and_rejects_the_rest_promptly(
+    pairing: Pairing,
+) -> None:
     settings = limited_settings()
     servicer = ScriptedServicer()
     calls = 4 * N
     barrier = threading.Barrier(calls)
     results: list[tuple[Any, float, str] | None] = [None] * calls
 
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         assert stub.channel.middleware[GET] == []
         # Connect first, so that every timed call below measures the server, not the dial.
         assert stub.Get(cache_pb2.GetReq(key="warm"), timeout=5).value == b"warm"
@@ -96,12 +118,11 @@ def test_overload_admits_exactly_the_limit_and_rejects_the_rest_promptly() -> No
         assert stub.Get(cache_pb2.GetReq(key="after"), timeout=5).value == b"after"
 
 
-def test_cancelled_unary_calls_give_their_slots_back() -> None:
+def test_cancelled_unary_calls_give_their_slots_back(pairing: Pairing) -> None:
     settings = limited_settings()
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, \
-            grpc.insecure_channel(server.address) as channel:
-        stub = cache_pb2_grpc.CacheServiceStub(channel)
+    with pairing.server(settings, servicer) as server, \
+            cancellable_client(pairing, settings, server.address) as stub:
         futures = [stub.Get.future(cache_pb2.GetReq(key="sleep=30"), timeout=60) for _ in range(N)]
         wait_until(lambda: servicer.in_flight == N)
         middleware = limiter(server, GET)
@@ -117,12 +138,11 @@ def test_cancelled_unary_calls_give_their_slots_back() -> None:
         assert middleware.in_flight == 0
 
 
-def test_cancelled_stream_gives_its_slot_back() -> None:
+def test_cancelled_stream_gives_its_slot_back(pairing: Pairing) -> None:
     settings = limited_settings()
     servicer = ScriptedServicer(dump_items=1000, dump_delay=0.01)
-    with running_server(settings, servicer) as server, \
-            grpc.insecure_channel(server.address) as channel:
-        stub = cache_pb2_grpc.CacheServiceStub(channel)
+    with pairing.server(settings, servicer) as server, \
+            cancellable_client(pairing, settings, server.address) as stub:
         responses = stub.Dump(cache_pb2.DumpReq(), timeout=60)
         keys = []
         for item in responses:
@@ -136,11 +156,14 @@ def test_cancelled_stream_gives_its_slot_back() -> None:
         wait_until(lambda: middleware.in_flight == 0)
 
 
-def test_stream_abandoned_through_a_resilient_client_gives_its_slot_back() -> None:
+def test_stream_abandoned_through_a_resilient_client_gives_its_slot_back(
+    pairing: Pairing,
+) -> None:
     # Retry wraps the stream in a generator; closing it must cancel the RPC underneath.
     settings = limited_settings(client_chain=["resilience.middleware.Retry"])
     servicer = ScriptedServicer(dump_items=1000, dump_delay=0.01)
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         responses = stub.Dump(cache_pb2.DumpReq(), timeout=60)
         for n, _item in enumerate(responses):
             if n == 4:
@@ -152,12 +175,11 @@ def test_stream_abandoned_through_a_resilient_client_gives_its_slot_back() -> No
 
 
 @pytest.mark.parametrize("scope", ["server", "method"])
-def test_scope_decides_whether_methods_share_the_limit(scope: str) -> None:
+def test_scope_decides_whether_methods_share_the_limit(scope: str, pairing: Pairing) -> None:
     settings = limited_settings(scope=scope, limit=1)
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, \
-            grpc.insecure_channel(server.address) as channel:
-        stub = cache_pb2_grpc.CacheServiceStub(channel)
+    with pairing.server(settings, servicer) as server, \
+            cancellable_client(pairing, settings, server.address) as stub:
         slow = stub.Get.future(cache_pb2.GetReq(key="sleep=30"), timeout=60)
         try:
             wait_until(lambda: servicer.in_flight == 1)

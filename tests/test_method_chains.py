@@ -1,6 +1,10 @@
 """Per-method chains and options on one real channel: CLIENT_METHOD_MIDDLEWARE replaces the
 chain of one method, and CLIENT_METHOD_OPTIONS overrides options per service and per method,
-the most specific key winning."""
+the most specific key winning.
+
+Every test runs in the four pairings of sync and asyncio client and server (the
+``pairing`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import pytest
 
 from apps.cache.protos import cache_pb2
 from tests.support.scripted import ScriptedServicer
-from tests.support.servers import client, make_settings, running_server
+from tests.support.servers import Pairing, make_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,14 +40,15 @@ def middleware(stub: Any, method: str, name: str) -> Any:
     return found
 
 
-def test_method_chain_replaces_the_default_chain_for_that_method_only() -> None:
+def test_method_chain_replaces_the_default_chain_for_that_method_only(pairing: Pairing) -> None:
     settings = make_settings(
         CLIENT_MIDDLEWARE=CHAIN,
         CLIENT_OPTIONS={"Retry": RETRY},
         CLIENT_METHOD_MIDDLEWARE={STORE: ["resilience.middleware.Timeout"]},
     )
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         assert names(stub, GET) == ["Retry", "Timeout", "CircuitBreaker"]
         assert names(stub, DUMP) == ["Retry", "Timeout", "CircuitBreaker"]
         assert names(stub, STORE) == ["Timeout"]
@@ -60,14 +65,15 @@ def test_method_chain_replaces_the_default_chain_for_that_method_only() -> None:
         assert servicer.attempts["fail=UNAVAILABLE*02"] == 1
 
 
-def test_method_options_override_client_options_for_that_method_only() -> None:
+def test_method_options_override_client_options_for_that_method_only(pairing: Pairing) -> None:
     settings = make_settings(
         CLIENT_MIDDLEWARE=CHAIN,
         CLIENT_OPTIONS={"Retry": RETRY, "Timeout": {"seconds": 5}},
         CLIENT_METHOD_OPTIONS={GET: {"Timeout": {"seconds": 0.2}}},
     )
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         assert middleware(stub, GET, "Timeout").options.seconds == 0.2
         assert middleware(stub, DUMP, "Timeout").options.seconds == 5
         assert middleware(stub, STORE, "Timeout").options.seconds == 5
@@ -85,7 +91,7 @@ def test_method_options_override_client_options_for_that_method_only() -> None:
         assert len(list(stub.Dump(cache_pb2.DumpReq()))) == 10
 
 
-def test_service_key_applies_to_every_method_and_the_method_key_wins() -> None:
+def test_service_key_applies_to_every_method_and_the_method_key_wins(pairing: Pairing) -> None:
     settings = make_settings(
         CLIENT_MIDDLEWARE=CHAIN,
         CLIENT_OPTIONS={"Retry": RETRY, "Timeout": {"seconds": 5}},
@@ -98,7 +104,8 @@ def test_service_key_applies_to_every_method_and_the_method_key_wins() -> None:
         },
     )
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         assert middleware(stub, GET, "Timeout").options.seconds == 0.2
         assert middleware(stub, DUMP, "Timeout").options.seconds == 3
         assert middleware(stub, STORE, "Timeout").options.seconds == 3

@@ -1,22 +1,29 @@
 """Retry against a real server: it makes exactly the attempts configured (grpcio's own retries
 do not multiply them), retries only retryable statuses, spaces attempts with growing
-backoffs, and never sleeps past the call's deadline."""
+backoffs, and never sleeps past the call's deadline.
+
+Every test runs in the four pairings of sync and asyncio client and server (the
+``pairing`` fixture).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 import grpc
+import grpc.aio
 import pytest
 from structlog.testing import capture_logs
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from resilience.conf.chains import ChainResolver
+from resilience.transport.aio_client import AioResilientChannel, aio_connect
 from resilience.transport.client import ResilientChannel, connect
 from tests.support.scripted import ScriptedServicer
-from tests.support.servers import client, make_settings, running_server
+from tests.support.servers import Pairing, make_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,10 +42,11 @@ def retry_events(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [entry for entry in logs if entry.get("event") == "retrying"]
 
 
-def test_always_unavailable_makes_exactly_max_attempts() -> None:
+def test_always_unavailable_makes_exactly_max_attempts(pairing: Pairing) -> None:
     settings = retry_settings()
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         with pytest.raises(grpc.RpcError) as info:
             stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE"), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -47,10 +55,11 @@ def test_always_unavailable_makes_exactly_max_attempts() -> None:
         assert stub.channel.middleware[GET][0].retries == 3
 
 
-def test_succeeds_on_the_attempt_after_transient_failures() -> None:
+def test_succeeds_on_the_attempt_after_transient_failures(pairing: Pairing) -> None:
     settings = retry_settings()
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         response = stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE*2"), timeout=10)
         assert response.value == b"fail=UNAVAILABLE*2"
         assert servicer.attempts["fail=UNAVAILABLE*2"] == 3
@@ -61,10 +70,13 @@ def test_succeeds_on_the_attempt_after_transient_failures() -> None:
     [("notfound", grpc.StatusCode.NOT_FOUND),
      ("fail=INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT)],
 )
-def test_non_retryable_status_is_attempted_once(key: str, code: grpc.StatusCode) -> None:
+def test_non_retryable_status_is_attempted_once(
+    key: str, code: grpc.StatusCode, pairing: Pairing
+) -> None:
     settings = retry_settings()
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         with capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
             stub.Get(cache_pb2.GetReq(key=key), timeout=10)
         assert info.value.code() == code
@@ -72,13 +84,14 @@ def test_non_retryable_status_is_attempted_once(key: str, code: grpc.StatusCode)
         assert retry_events(logs) == []
 
 
-def test_full_jitter_backoffs_stay_under_a_growing_cap() -> None:
+def test_full_jitter_backoffs_stay_under_a_growing_cap(pairing: Pairing) -> None:
     settings = retry_settings(
         max_attempts=5, backoff="exponential", jitter="full",
         initial_backoff=0.02, multiplier=2, max_backoff=1.0,
     )
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         with capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
             stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE"), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -92,13 +105,14 @@ def test_full_jitter_backoffs_stay_under_a_growing_cap() -> None:
         assert servicer.attempts["fail=UNAVAILABLE"] == 5
 
 
-def test_backoffs_without_jitter_are_exact() -> None:
+def test_backoffs_without_jitter_are_exact(pairing: Pairing) -> None:
     settings = retry_settings(
         max_attempts=5, backoff="exponential", jitter="none",
         initial_backoff=0.02, multiplier=2, max_backoff=1.0,
     )
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         start = time.monotonic()
         with capture_logs() as logs, pytest.raises(grpc.RpcError):
             stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE"), timeout=10)
@@ -109,10 +123,11 @@ def test_backoffs_without_jitter_are_exact() -> None:
         assert servicer.attempts["fail=UNAVAILABLE"] == 5
 
 
-def test_never_sleeps_past_the_deadline() -> None:
+def test_never_sleeps_past_the_deadline(pairing: Pairing) -> None:
     settings = retry_settings(initial_backoff=1.0, max_backoff=1.0, jitter="none")
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         assert stub.Get(cache_pb2.GetReq(key="warm"), timeout=5).value == b"warm"
         start = time.monotonic()
         with capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
@@ -138,22 +153,48 @@ GRPC_RETRY_POLICY = json.dumps({
 })
 
 
-def test_grpcio_built_in_retries_are_off_on_framework_channels() -> None:
+def test_grpcio_built_in_retries_are_off_on_framework_channels(pairing: Pairing) -> None:
     """A service config that asks grpcio to retry UNAVAILABLE 5 times would multiply our 2
-    attempts into 10; connect() switches grpcio's retries off, so the server sees 2. The
-    control wraps a plain channel with the same service config, to show the policy bites."""
+    attempts into 10; connect() and aio_connect() switch grpcio's retries off, so the server
+    sees 2. The control wraps a plain channel with the same service config, to show the
+    policy bites."""
     settings = retry_settings(max_attempts=2)
     options = [("grpc.service_config", GRPC_RETRY_POLICY)]
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server:
-        channels = {
-            "fail=UNAVAILABLE": connect(server.address, settings, options=options),
-            "fail=UNAVAILABLE*99": ResilientChannel(
-                grpc.insecure_channel(server.address, options=options), ChainResolver(settings)
-            ),
-        }
-        for key, channel in channels.items():
-            with channel, pytest.raises(grpc.RpcError):
-                cache_pb2_grpc.CacheServiceStub(channel).Get(cache_pb2.GetReq(key=key), timeout=10)
+    with pairing.server(settings, servicer) as server:
+        if pairing.client_mode == "aio":
+            asyncio.run(aio_calls_with_service_config(server.address, settings, options))
+        else:
+            channels = {
+                "fail=UNAVAILABLE": connect(server.address, settings, options=options),
+                "fail=UNAVAILABLE*99": ResilientChannel(
+                    grpc.insecure_channel(server.address, options=options),
+                    ChainResolver(settings),
+                ),
+            }
+            for key, channel in channels.items():
+                with channel, pytest.raises(grpc.RpcError):
+                    cache_pb2_grpc.CacheServiceStub(channel).Get(
+                        cache_pb2.GetReq(key=key), timeout=10
+                    )
     assert servicer.attempts["fail=UNAVAILABLE"] == 2
     assert servicer.attempts["fail=UNAVAILABLE*99"] == 2 * 5
+
+
+async def aio_calls_with_service_config(
+    address: str, settings: Any, options: list[tuple[str, Any]]
+) -> None:
+    """The calls of the test above on asyncio channels: aio_connect's, and the control."""
+    channels = {
+        "fail=UNAVAILABLE": aio_connect(address, settings, options=options),
+        "fail=UNAVAILABLE*99": AioResilientChannel(
+            grpc.aio.insecure_channel(address, options=options),
+            ChainResolver(settings, is_async=True),
+        ),
+    }
+    for key, channel in channels.items():
+        async with channel:
+            with pytest.raises(grpc.RpcError):
+                await cache_pb2_grpc.CacheServiceStub(channel).Get(
+                    cache_pb2.GetReq(key=key), timeout=10
+                )

@@ -1,6 +1,10 @@
 """Timeout against a real server: it fails slow calls at about the timeout, passes the
 deadline to the server, never extends the caller's deadline, and bounds each attempt or the
-whole call depending on where it sits relative to Retry."""
+whole call depending on where it sits relative to Retry.
+
+Every test runs in the four pairings of sync and asyncio client and server (the
+``pairing`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import pytest
 
 from apps.cache.protos import cache_pb2
 from tests.support.scripted import ScriptedServicer
-from tests.support.servers import client, make_settings, running_server
+from tests.support.servers import Pairing, make_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,12 +46,13 @@ def warm(stub: Any) -> None:
     assert stub.Get(cache_pb2.GetReq(key="warm"), timeout=5).value == b"warm"
 
 
-def test_slow_handler_fails_with_deadline_exceeded_at_about_the_timeout() -> None:
+def test_slow_handler_fails_with_deadline_exceeded_at_about_the_timeout(pairing: Pairing) -> None:
     settings = make_settings(
         CLIENT_MIDDLEWARE=[TIMEOUT], CLIENT_OPTIONS={"Timeout": {"seconds": 0.3}}
     )
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         warm(stub)
         error, elapsed = timed_get(stub, "sleep=2")
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -59,12 +64,13 @@ def test_slow_handler_fails_with_deadline_exceeded_at_about_the_timeout() -> Non
         assert servicer.attempts["sleep=2"] == 1
 
 
-def test_timeout_never_extends_the_callers_deadline() -> None:
+def test_timeout_never_extends_the_callers_deadline(pairing: Pairing) -> None:
     settings = make_settings(
         CLIENT_MIDDLEWARE=[TIMEOUT], CLIENT_OPTIONS={"Timeout": {"seconds": 5}}
     )
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         warm(stub)
         error, elapsed = timed_get(stub, "sleep=2", timeout=0.2)
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -74,13 +80,14 @@ def test_timeout_never_extends_the_callers_deadline() -> None:
         assert 0 < remaining <= 0.2 + WIRE_SLACK
 
 
-def test_timeout_inside_retry_bounds_each_attempt() -> None:
+def test_timeout_inside_retry_bounds_each_attempt(pairing: Pairing) -> None:
     settings = make_settings(
         CLIENT_MIDDLEWARE=[RETRY, TIMEOUT],
         CLIENT_OPTIONS={"Retry": RETRY_ON_DEADLINE, "Timeout": {"seconds": 0.2}},
     )
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         warm(stub)
         error, elapsed = timed_get(stub, "sleep=1")
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -90,7 +97,7 @@ def test_timeout_inside_retry_bounds_each_attempt() -> None:
         assert stub.channel.middleware["cache.CacheService/Get"][0].retries == 2
 
 
-def test_timeout_outside_retry_bounds_the_whole_call() -> None:
+def test_timeout_outside_retry_bounds_the_whole_call(pairing: Pairing) -> None:
     settings = make_settings(
         CLIENT_MIDDLEWARE=[TIMEOUT, RETRY],
         CLIENT_OPTIONS={
@@ -99,7 +106,8 @@ def test_timeout_outside_retry_bounds_the_whole_call() -> None:
         },
     )
     servicer = ScriptedServicer()
-    with running_server(settings, servicer) as server, client(settings, server.address) as stub:
+    with pairing.server(settings, servicer) as server, \
+            pairing.client(settings, server.address) as stub:
         warm(stub)
         error, elapsed = timed_get(stub, "sleep=1")
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -15,6 +15,7 @@ from typing import Any
 from resilience.checks import CheckMessage, error, warning
 from resilience.conf.options import build_options
 from resilience.conf.settings import Settings
+from resilience.core.adapters import SYNC_MIDDLEWARE_THREADS
 from resilience.core.call import Side
 from resilience.core.chain import MiddlewareSpec
 from resilience.core.errors import ImproperlyConfigured
@@ -116,7 +117,8 @@ class ChainResolver:
             self.problems.append(warning(
                 "resilience.W004", setting,
                 f"'{path}' is sync-only: in asyncio mode it runs in a worker thread, two "
-                f"thread hops per call",
+                f"thread hops per call, and at most {SYNC_MIDDLEWARE_THREADS} calls at once "
+                f"can be inside it",
                 "give it an async path (acall) and set async_capable = True",
             ))
         if factory.sync_capable or (self.is_async and factory.async_capable):
