@@ -12,6 +12,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor_pb2 import MethodOptions
+
 from resilience.checks import CheckMessage, error, warning
 from resilience.conf.options import build_options
 from resilience.conf.settings import Settings
@@ -25,6 +28,19 @@ from resilience.core.middleware import Middleware
 
 def service_of(method: str) -> str:
     return method.partition("/")[0]
+
+
+def proto_idempotent(method: str) -> bool:
+    """What the method's proto says: ``idempotency_level`` NO_SIDE_EFFECTS or IDEMPOTENT.
+
+    Generated ``*_pb2`` modules register their descriptors in protobuf's default pool when
+    imported, which a stub's module does; a method unknown there is not idempotent.
+    """
+    try:
+        descriptor = descriptor_pool.Default().FindMethodByName(method.replace("/", "."))
+    except KeyError:
+        return False
+    return descriptor.GetOptions().idempotency_level != MethodOptions.IDEMPOTENCY_UNKNOWN
 
 
 def lookup(table: Mapping[str, Any], key: str) -> Any:
@@ -48,6 +64,11 @@ class ChainResolver:
         self._imported: dict[str, type[Middleware] | None] = {}
         # Names of the middleware each side's chains list, even those whose options are bad.
         self.listed: dict[str, set[str]] = {"client": set(), "server": set()}
+
+    def is_idempotent(self, method: str) -> bool:
+        """The proto's word, or the IDEMPOTENT_METHODS setting naming the method or service."""
+        listed = self.settings.IDEMPOTENT_METHODS
+        return method in listed or service_of(method) in listed or proto_idempotent(method)
 
     def middleware_setting(self, side: Side, method: str) -> tuple[str, tuple[str, ...]]:
         """The setting that supplies ``method``'s chain, and the chain's dotted paths."""

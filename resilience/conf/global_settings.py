@@ -51,6 +51,11 @@ class GlobalSettings:
         "Per-method overrides of CLIENT_OPTIONS, keyed by 'package.Service/Method' or "
         "'package.Service'; the most specific key wins, option by option.",
     )
+    IDEMPOTENT_METHODS: tuple[str, ...] = option(
+        (),
+        "Methods ('package.Service/Method') or services that are safe to retry and hedge, "
+        "besides those whose proto says idempotency_level = NO_SIDE_EFFECTS or IDEMPOTENT.",
+    )
     ASYNCIO: bool = option(
         False, "Serve and call with grpc.aio; runserver/runclient --asyncio set it for one run."
     )

@@ -32,6 +32,7 @@ def build_chain(
     shared: dict[str, Any],
     target: str = "",
     is_async: bool = False,
+    idempotent: bool = False,
 ) -> tuple[Handler, list[Middleware]]:
     """Wrap ``terminal`` inside-out, so the first spec is outermost and called first.
 
@@ -42,7 +43,7 @@ def build_chain(
     handler = terminal
     used: list[Middleware] = []
     for spec in reversed(specs):
-        info = ChainInfo(method, kind, side, spec.name, shared, target, is_async)
+        info = ChainInfo(method, kind, side, spec.name, shared, target, is_async, idempotent)
         factory = spec.factory
         if not (factory.sync_capable or (is_async and factory.async_capable)):
             mode = "asyncio" if is_async else "sync"

@@ -25,6 +25,8 @@ class ChainInfo:
     methods, such as a server-wide concurrency limit. ``target`` is the channel's target on
     the client and the bound address on the server. ``is_async`` says whether the chain
     runs on grpc.aio, so ``__init__`` can prepare the path that will be used.
+    ``idempotent`` says whether the method may safely run more than once (its proto's
+    ``idempotency_level``, or the IDEMPOTENT_METHODS setting), for Retry and Hedging.
     """
 
     method: str
@@ -34,6 +36,7 @@ class ChainInfo:
     shared: dict[str, Any]
     target: str = ""
     is_async: bool = False
+    idempotent: bool = False
 
 
 def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None) -> Any:

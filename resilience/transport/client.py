@@ -222,6 +222,7 @@ class ChainedChannel:
                     specs, self._terminal(inner, kind), method=name, kind=kind,
                     side="client", shared=self._shared, target=self._target,
                     is_async=self.is_async,
+                    idempotent=self._resolver.is_idempotent(name),
                 )
                 built = self.multicallable(name, kind, chain)
                 self._built[(name, kind)] = built

@@ -158,7 +158,7 @@ class StackInterceptor:
         chain, used = build_chain(
             specs, self._terminal(method, _behavior(handler, kind), kind), method=method,
             kind=kind, side="server", shared=self._shared, target=self.target,
-            is_async=self.is_async,
+            is_async=self.is_async, idempotent=self._resolver.is_idempotent(method),
         )
         self.middleware[method] = used
         return _HANDLER_FACTORIES[kind](

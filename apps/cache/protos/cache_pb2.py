@@ -24,13 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61pps/cache/protos/cache.proto\x12\x05\x63\x61\x63he\"\x15\n\x06GetReq\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x18\n\x07GetResp\x12\r\n\x05value\x18\x01 \x01(\x0c\"&\n\x08StoreReq\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x0b\n\tStoreResp\"\t\n\x07\x44umpReq\"$\n\x08\x44umpItem\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0b\n\x03val\x18\x02 \x01(\x0c\x32\x8b\x01\n\x0c\x43\x61\x63heService\x12$\n\x03Get\x12\r.cache.GetReq\x1a\x0e.cache.GetResp\x12*\n\x05Store\x12\x0f.cache.StoreReq\x1a\x10.cache.StoreResp\x12)\n\x04\x44ump\x12\x0e.cache.DumpReq\x1a\x0f.cache.DumpItem0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61pps/cache/protos/cache.proto\x12\x05\x63\x61\x63he\"\x15\n\x06GetReq\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x18\n\x07GetResp\x12\r\n\x05value\x18\x01 \x01(\x0c\"&\n\x08StoreReq\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x0b\n\tStoreResp\"\t\n\x07\x44umpReq\"$\n\x08\x44umpItem\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0b\n\x03val\x18\x02 \x01(\x0c\x32\x95\x01\n\x0c\x43\x61\x63heService\x12)\n\x03Get\x12\r.cache.GetReq\x1a\x0e.cache.GetResp\"\x03\x90\x02\x01\x12*\n\x05Store\x12\x0f.cache.StoreReq\x1a\x10.cache.StoreResp\x12.\n\x04\x44ump\x12\x0e.cache.DumpReq\x1a\x0f.cache.DumpItem\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apps.cache.protos.cache_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CACHESERVICE'].methods_by_name['Get']._loaded_options = None
+  _globals['_CACHESERVICE'].methods_by_name['Get']._serialized_options = b'\220\002\001'
+  _globals['_CACHESERVICE'].methods_by_name['Dump']._loaded_options = None
+  _globals['_CACHESERVICE'].methods_by_name['Dump']._serialized_options = b'\220\002\001'
   _globals['_GETREQ']._serialized_start=40
   _globals['_GETREQ']._serialized_end=61
   _globals['_GETRESP']._serialized_start=63
@@ -44,5 +48,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DUMPITEM']._serialized_start=153
   _globals['_DUMPITEM']._serialized_end=189
   _globals['_CACHESERVICE']._serialized_start=192
-  _globals['_CACHESERVICE']._serialized_end=331
+  _globals['_CACHESERVICE']._serialized_end=341
 # @@protoc_insertion_point(module_scope)

@@ -57,7 +57,7 @@ class CacheServiceServicer:
     """
 
     def Get(self, request, context):
-        """The value stored under a key; NOT_FOUND if there is none.
+        """The value stored under a key; NOT_FOUND if there is none. Safe to retry and hedge.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

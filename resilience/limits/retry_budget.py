@@ -1,0 +1,39 @@
+"""gRFC A6 retry throttling: a token count that failures drain and successes refill.
+
+Each failed call takes a token and each success gives back ``token_ratio`` of one, capped
+at ``max_tokens``; retries and hedges are allowed only while more than half the tokens
+are left. When a backend fails every call, the count soon sits below the threshold and a
+client makes one attempt per call instead of ``max_attempts``; at a low failure rate it
+stays near the top and retries go on. Chosen over Envoy's budget (a share of the requests
+in flight) because it also works for a client that sends one call at a time, and because
+it is what gRPC itself specifies for service config.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class RetryBudget:
+    """Shared by every chain of one channel (per target), so one method's failures also
+    slow the retries of the others, as A6's per-server-name throttling does."""
+
+    __slots__ = ("_lock", "max_tokens", "token_ratio", "tokens")
+
+    def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1) -> None:
+        self.max_tokens = float(max_tokens)
+        self.token_ratio = float(token_ratio)
+        self.tokens = self.max_tokens
+        self._lock = threading.Lock()
+
+    def allows_retry(self) -> bool:
+        """May another attempt (a retry or a hedge) be sent now?"""
+        return self.tokens > self.max_tokens / 2
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self.tokens = max(0.0, self.tokens - 1.0)
+
+    def record_success(self) -> None:
+        with self._lock:
+            self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
