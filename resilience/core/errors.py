@@ -51,6 +51,10 @@ class RpcStatusError(grpc.RpcError):
         return ()
 
 
+class BreakerOpenError(RpcStatusError):
+    """A circuit breaker failing fast: UNAVAILABLE, produced locally, never retried."""
+
+
 def status_of(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status an exception stands for: its own code, or UNKNOWN for any other error."""
     code: Any = getattr(exc, "code", None)

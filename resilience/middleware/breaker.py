@@ -41,7 +41,12 @@ import pybreaker
 import structlog
 
 from resilience.core.call import Call, Side
-from resilience.core.errors import ImproperlyConfigured, RpcStatusError, status_of
+from resilience.core.errors import (
+    BreakerOpenError,
+    ImproperlyConfigured,
+    RpcStatusError,
+    status_of,
+)
 from resilience.core.loading import import_string
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
 
@@ -338,5 +343,5 @@ class CircuitBreaker(Middleware):
         """pybreaker ``exclude`` hook: errors outside failure_codes count as successes."""
         return status_of(exc) not in self._failure_codes
 
-    def _rejection(self) -> RpcStatusError:
-        return RpcStatusError(grpc.StatusCode.UNAVAILABLE, self._open_message, retryable=False)
+    def _rejection(self) -> BreakerOpenError:
+        return BreakerOpenError(grpc.StatusCode.UNAVAILABLE, self._open_message, retryable=False)
