@@ -13,6 +13,8 @@ from resilience.management.base import BaseCommand, CommandError
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, grpc.StatusCode):
+        return repr(value.name)
     if isinstance(value, frozenset | tuple | list):
         items = sorted(v.name if isinstance(v, grpc.StatusCode) else str(v) for v in value)
         return "[" + ", ".join(items) + "]"
