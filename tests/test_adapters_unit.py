@@ -60,7 +60,8 @@ def spec(cls: type[Middleware]) -> MiddlewareSpec:
 def chain(terminal: Handler, kind: CallKind, *classes: type[Middleware],
           is_async: bool = True) -> tuple[Handler, list[Middleware]]:
     return build_chain([spec(cls) for cls in classes], terminal, method=METHOD, kind=kind,
-                       side="client", shared={}, is_async=is_async)
+                       side="client", shared={}, is_async=is_async,
+                       idempotent=True)
 
 
 async def unary_terminal(call: Call) -> str:

@@ -39,7 +39,8 @@ CASES = [
          "CLIENT_OPTIONS.Retry", "'max_attempts' is 'three'", "expected a whole number", "E005"),
     Case("unknown-option", "[default.CLIENT_OPTIONS.Retry]\nmax_attemps = 3",
          "CLIENT_OPTIONS.Retry", "unknown option 'max_attemps'",
-         "valid options: backoff, initial_backoff, jitter, max_attempts, max_backoff", "E005"),
+         "valid options: backoff, budget, budget_max_tokens, budget_token_ratio, "
+         "initial_backoff, jitter, max_attempts, max_backoff", "E005"),
     Case("middleware-typo", 'CLIENT_MIDDLEWARE = ["resilience.middleware.Retyr"]',
          "CLIENT_MIDDLEWARE", "'resilience.middleware.Retyr'",
          "module 'resilience.middleware' defines no 'Retyr'", "E002"),

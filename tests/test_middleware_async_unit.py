@@ -31,7 +31,7 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 def make(cls: type[Middleware], handler: Any, kind: CallKind = UNARY, side: str = "client",
          shared: dict[str, Any] | None = None, **options: Any) -> Any:
     info = ChainInfo(METHOD, kind, side, cls.__name__, {} if shared is None else shared,
-                     "cache:50051", is_async=True)
+                     "cache:50051", is_async=True, idempotent=True)
     return cls(handler, cls.Options(**options), info)
 
 

@@ -49,7 +49,8 @@ class Script:
 def make(
     handler: Any, kind: CallKind = CallKind.UNARY_UNARY, **options: Any
 ) -> tuple[Retry, Clock]:
-    info = ChainInfo(method=METHOD, kind=kind, side="client", name="Retry", shared={})
+    info = ChainInfo(method=METHOD, kind=kind, side="client", name="Retry", shared={},
+                     idempotent=True)
     retry = Retry(handler, Retry.Options(**options), info)
     clock = Clock()
     retry.clock = clock
@@ -104,7 +105,9 @@ def test_exponential_sleeps_grow_without_jitter():
 
 def test_full_jitter_sleeps_stay_within_their_caps():
     handler = Script(*unavailable(6))
-    retry, clock = make(handler, max_attempts=7, initial_backoff=0.01, max_backoff=0.1)
+    retry, clock = make(
+        handler, max_attempts=7, initial_backoff=0.01, max_backoff=0.1, budget=False
+    )
     retry(call())
     caps = [0.01, 0.02, 0.04, 0.08, 0.1, 0.1]
     assert len(clock.sleeps) == len(caps)

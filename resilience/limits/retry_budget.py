@@ -12,6 +12,9 @@ it is what gRPC itself specifies for service config.
 from __future__ import annotations
 
 import threading
+from typing import Any
+
+SHARED_KEY = "retry_budget"
 
 
 class RetryBudget:
@@ -37,3 +40,15 @@ class RetryBudget:
     def record_success(self) -> None:
         with self._lock:
             self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
+
+
+def shared_budget(shared: dict[str, Any], max_tokens: float, token_ratio: float) -> RetryBudget:
+    """The one budget of a channel (``ChainInfo.shared``), made by the first chain that asks.
+
+    Retry and Hedging both draw on it, so that together they stay inside A6's throttle;
+    later callers get the existing budget whatever numbers they pass.
+    """
+    budget = shared.get(SHARED_KEY)
+    if budget is None:
+        budget = shared.setdefault(SHARED_KEY, RetryBudget(max_tokens, token_ratio))
+    return budget

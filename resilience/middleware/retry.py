@@ -10,6 +10,17 @@ Response-streaming calls follow gRPC's commit rule (proposal A6): they are retri
 until the first response arrives, since replaying later would repeat messages the caller
 has already seen. Request-streaming calls cannot be replayed and pass straight through.
 
+Three things keep retries from making an outage worse (gRFC A6):
+- a retry budget shared by the whole channel (``shared_budget``, also drawn on by
+  Hedging): failed attempts with a retryable status drain it, successes refill it, and
+  below half of it no retry is made, so a client of a dead server sends about one attempt
+  per call instead of ``max_attempts``;
+- server pushback: a ``grpc-retry-pushback-ms`` trailer replaces the backoff for the next
+  wait, and a negative or unreadable one means "do not retry";
+- idempotency: only methods marked idempotent (their proto's ``idempotency_level``, or
+  IDEMPOTENT_METHODS) are retried unless ``non_idempotent`` is set; for the others Retry
+  leaves itself out of the chain when it is built.
+
 The asyncio path follows the same rules through the same decision (``_backoff_or_raise``);
 only the waiting differs: it awaits ``asleep`` so other calls run meanwhile.
 
@@ -34,17 +45,42 @@ import structlog
 
 from resilience.backoff import Backoff
 from resilience.core.call import Call
-from resilience.core.errors import status_of
+from resilience.core.errors import MiddlewareNotUsed, status_of
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+from resilience.limits.retry_budget import RetryBudget, shared_budget
 
 log = structlog.get_logger(__name__)
+
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# gRFC A6's bounds for retryThrottling's maxTokens and tokenRatio.
+BUDGET_MAX_TOKENS_LIMIT = 1000
+BUDGET_TOKEN_RATIO_LIMIT = 1.0
+# At most one "retry_throttled" line per chain per this many seconds.
+THROTTLE_LOG_INTERVAL_S = 1.0
+
+_told_off: set[str] = set()  # methods whose "retry_off" line has been logged
+
+
+def pushback_of(error: grpc.RpcError) -> float | None:
+    """What the server's ``grpc-retry-pushback-ms`` trailer asks: seconds to wait, -1.0
+    for "do not retry" (a negative or unparsable value, as A6 reads it), or ``None`` if
+    the error carries no such trailer."""
+    trailing = getattr(error, "trailing_metadata", None)
+    if trailing is None:
+        return None
+    for key, value in trailing() or ():
+        if key == PUSHBACK_KEY:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+            return int(text) / 1000 if text.isascii() and text.isdigit() else -1.0
+    return None
 
 
 class Retry(Middleware):
     """Try a call up to ``max_attempts`` times, backing off between attempts.
 
-    ``retries`` counts the retries made so far, for summaries and metrics. ``clock``,
-    ``sleep`` (sync) and ``asleep`` (asyncio) can be replaced, for tests.
+    ``retries`` counts the retries made so far and ``throttled`` those the budget refused,
+    for summaries and metrics; ``budget`` is the channel's ``RetryBudget`` (``None`` when
+    off). ``clock``, ``sleep`` (sync) and ``asleep`` (asyncio) can be replaced, for tests.
     """
 
     sides = frozenset({"client"})
@@ -72,18 +108,56 @@ class Retry(Middleware):
             frozenset({grpc.StatusCode.UNAVAILABLE}),
             "Status codes worth another attempt; an empty list never retries.",
         )
+        non_idempotent: bool = option(
+            False,
+            "Retry methods not marked idempotent too; otherwise Retry leaves itself out of "
+            "their chains.",
+        )
+        budget: bool = option(
+            True,
+            "Draw retries from the channel's retry budget (gRFC A6 retry throttling), so a "
+            "failing server gets about one attempt per call instead of max_attempts.",
+        )
+        budget_max_tokens: float = option(
+            10.0, "Tokens in the channel's budget; retries stop at half or below.", gt=0
+        )
+        budget_token_ratio: float = option(
+            0.1, "Tokens a success gives back; each failed attempt takes 1.", gt=0
+        )
 
         def validate(self) -> list[str]:
+            problems = []
             if self.max_backoff < self.initial_backoff:
-                return [
+                problems.append(
                     f"max_backoff {self.max_backoff} is below initial_backoff "
                     f"{self.initial_backoff}; raise max_backoff"
-                ]
-            return []
+                )
+            if self.budget_max_tokens > BUDGET_MAX_TOKENS_LIMIT:
+                problems.append(
+                    f"budget_max_tokens {self.budget_max_tokens} is above "
+                    f"{BUDGET_MAX_TOKENS_LIMIT} (gRFC A6's limit); use a value in "
+                    f"(0, {BUDGET_MAX_TOKENS_LIMIT}]"
+                )
+            if self.budget_token_ratio > BUDGET_TOKEN_RATIO_LIMIT:
+                problems.append(
+                    f"budget_token_ratio {self.budget_token_ratio} is above "
+                    f"{BUDGET_TOKEN_RATIO_LIMIT:g} (gRFC A6's limit); use a value in (0, 1]"
+                )
+            return problems
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
         super().__init__(handler, options, info)
         opts = cast(Retry.Options, options)
+        if not (info.idempotent or opts.non_idempotent):
+            if info.method not in _told_off:
+                _told_off.add(info.method)
+                log.info(
+                    "retry_off",
+                    method=info.method,
+                    reason="not marked idempotent; mark it with idempotency_level in its "
+                    "proto or IDEMPOTENT_METHODS, or set Retry's non_idempotent = true",
+                )
+            raise MiddlewareNotUsed(f"{info.method} is not marked idempotent")
         self.clock = time.monotonic
         self.sleep = time.sleep
         self.asleep = asyncio.sleep
@@ -95,8 +169,16 @@ class Retry(Middleware):
             info.kind.request_streaming or opts.max_attempts == 1 or not opts.retryable_codes
         )
         self._streaming = info.kind.response_streaming
+        self.budget: RetryBudget | None = (
+            shared_budget(info.shared, opts.budget_max_tokens, opts.budget_token_ratio)
+            if opts.budget
+            else None
+        )
         self._count_lock = threading.Lock()
         self.retries = 0
+        self.throttled = 0
+        self._throttled_unlogged = 0
+        self._next_throttle_log = float("-inf")
         if self._passthrough:
             self.acall = self.handler
         else:
@@ -107,21 +189,24 @@ class Retry(Middleware):
             return self.handler(call)
         if self._streaming:
             return self._stream(call)
-        try:
-            return self.handler(call if call.attempt == 1 else call.replace(attempt=1))
-        except grpc.RpcError as exc:
-            error = exc
+        budget = self.budget
         attempt = 1
+        current = call if call.attempt == 1 else call.replace(attempt=1)
         while True:
-            self.sleep(self._backoff_or_raise(call, attempt, error))
-            attempt += 1
             try:
-                return self.handler(call.replace(attempt=attempt))
+                response = self.handler(current)
             except grpc.RpcError as exc:
-                error = exc
+                self.sleep(self._backoff_or_raise(call, attempt, exc))
+            else:
+                if budget is not None:
+                    budget.record_success()
+                return response
+            attempt += 1
+            current = call.replace(attempt=attempt)
 
     def _stream(self, call: Call) -> Iterator[Any]:
-        """Retry until the first response arrives; after that, errors reach the caller."""
+        """Retry until the first response arrives; after that, errors reach the caller.
+        The attempt counts as a success for the budget once it commits (or ends empty)."""
         attempt = 1
         current = call if call.attempt == 1 else call.replace(attempt=1)
         while True:
@@ -130,11 +215,13 @@ class Retry(Middleware):
                 first = next(responses)
                 break
             except StopIteration:
+                self._committed()
                 return
             except grpc.RpcError as exc:
                 self.sleep(self._backoff_or_raise(call, attempt, exc))
             attempt += 1
             current = call.replace(attempt=attempt)
+        self._committed()
         try:
             yield first
             yield from responses
@@ -147,13 +234,18 @@ class Retry(Middleware):
 
     async def _aunary(self, call: Call) -> Any:
         """``__call__`` for asyncio: the backoff is awaited, so the loop serves other calls."""
+        budget = self.budget
         attempt = 1
         current = call if call.attempt == 1 else call.replace(attempt=1)
         while True:
             try:
-                return await self.handler(current)
+                response = await self.handler(current)
             except grpc.RpcError as exc:
                 await self.asleep(self._backoff_or_raise(call, attempt, exc))
+            else:
+                if budget is not None:
+                    budget.record_success()
+                return response
             attempt += 1
             current = call.replace(attempt=attempt)
 
@@ -168,11 +260,13 @@ class Retry(Middleware):
                 first = await anext(responses)
                 break
             except StopAsyncIteration:
+                self._committed()
                 return
             except grpc.RpcError as exc:
                 await self.asleep(self._backoff_or_raise(call, attempt, exc))
             attempt += 1
             current = call.replace(attempt=attempt)
+        self._committed()
         try:
             yield first
             async for response in responses:
@@ -187,17 +281,37 @@ class Retry(Middleware):
                 await aclose()
             raise
 
+    def _committed(self) -> None:
+        """A stream's attempt got its first response (or ended empty): a success."""
+        if self.budget is not None:
+            self.budget.record_success()
+
     def _backoff_or_raise(self, call: Call, attempt: int, error: grpc.RpcError) -> float:
         """Seconds to wait before the attempt after ``attempt``, or raise ``error`` if there
-        is to be none. The one retry decision, shared by the sync and asyncio loops."""
+        is to be none. The one retry decision, shared by the sync and asyncio loops.
+
+        A failure with a retryable status is charged to the budget first, whether or not
+        a retry follows (A6); any other error counts as neither success nor failure.
+        """
         code = status_of(error)
-        if (
-            attempt >= self.max_attempts
-            or code not in self.retryable_codes
-            or not getattr(error, "retryable", True)
-        ):
+        if code not in self.retryable_codes or not getattr(error, "retryable", True):
             raise error
-        delay = self.backoff.delay(attempt, self.rng)
+        budget = self.budget
+        if budget is not None:
+            budget.record_failure()
+        if attempt >= self.max_attempts:
+            raise error
+        pushback = pushback_of(error)
+        if pushback is None:
+            delay = self.backoff.delay(attempt, self.rng)
+        elif pushback < 0:
+            log.info("retry_pushback_stop", method=call.method, attempt=attempt, code=code.name)
+            raise error
+        else:
+            delay = pushback
+        if budget is not None and not budget.allows_retry():
+            self._throttle(call, code)
+            raise error
         if call.deadline is not None and delay >= call.deadline - self.clock():
             raise error
         with self._count_lock:
@@ -208,5 +322,19 @@ class Retry(Middleware):
             attempt=attempt,
             code=code.name,
             backoff_ms=round(delay * 1000, 1),
+            **({"pushback": True} if pushback is not None else {}),
         )
         return delay
+
+    def _throttle(self, call: Call, code: grpc.StatusCode) -> None:
+        """Count a retry the budget refused; log it at most once a second per chain, with
+        how many were refused since the last line, so an outage does not flood the log."""
+        now = self.clock()
+        with self._count_lock:
+            self.throttled += 1
+            self._throttled_unlogged += 1
+            if now < self._next_throttle_log:
+                return
+            self._next_throttle_log = now + THROTTLE_LOG_INTERVAL_S
+            refused, self._throttled_unlogged = self._throttled_unlogged, 0
+        log.info("retry_throttled", method=call.method, code=code.name, refused=refused)
