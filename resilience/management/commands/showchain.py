@@ -9,6 +9,8 @@ from typing import Any
 import grpc
 
 from resilience.conf.chains import ChainResolver
+from resilience.core.call import Call, CallKind, Side
+from resilience.core.chain import MiddlewareSpec, build_chain
 from resilience.management.base import BaseCommand, CommandError
 
 
@@ -19,6 +21,10 @@ def _show(value: Any) -> str:
         items = sorted(v.name if isinstance(v, grpc.StatusCode) else str(v) for v in value)
         return "[" + ", ".join(items) + "]"
     return repr(value)
+
+
+def _unused_terminal(call: Call) -> None:
+    """showchain builds chains to see which middleware take part; it never calls them."""
 
 
 class Command(BaseCommand):
@@ -40,6 +46,7 @@ class Command(BaseCommand):
                 )
             methods = [options["method"]]
         resolver = ChainResolver(self.settings)
+        kinds = self.apps.methods()
         sides = [options["side"]] if options["side"] else ["client", "server"]
         for side in sides:
             for method in methods:
@@ -48,10 +55,23 @@ class Command(BaseCommand):
                 specs = resolver.resolve(side, method)
                 if not specs:
                     self.write("  (no middleware)")
+                built = self._built(resolver, specs, side, method, kinds[method])
                 for position, spec in enumerate(specs, 1):
                     fields = dataclasses.fields(spec.options)
                     shown = ", ".join(f"{f.name}={_show(getattr(spec.options, f.name))}"
                                       for f in fields)
+                    if spec.factory not in built:
+                        shown = "(left out of this chain: MiddlewareNotUsed for this method)"
                     self.write(f"  {position}. {spec.name} ({spec.path}) {shown}".rstrip())
                 self.write()
         return 0
+
+    def _built(self, resolver: ChainResolver, specs: list[MiddlewareSpec], side: Side,
+               method: str, kind: CallKind) -> set[type]:
+        """The classes that really take part when the chain is built: a middleware may
+        leave a method's chain at build time (Retry on a method not marked idempotent)."""
+        _, used = build_chain(
+            specs, _unused_terminal, method=method, kind=kind, side=side, shared={},
+            is_async=resolver.is_async, idempotent=resolver.is_idempotent(method),
+        )
+        return {type(instance) for instance in used}
