@@ -113,7 +113,30 @@ class ChainResolver:
             options = self._options(side, method, name, factory)
             if options is not None:
                 specs.append(MiddlewareSpec(path, factory, name, options))
+        self._check_retry_and_hedging(setting, method, specs)
         return specs
+
+    def _check_retry_and_hedging(
+        self, setting: str, method: str, specs: list[MiddlewareSpec]
+    ) -> None:
+        """gRFC A6 gives a method a retry policy or a hedging policy, never both: hedges
+        that are each retried multiply the load on the server."""
+        # Imported here: the middleware package imports the client transport, which
+        # imports this module.
+        from resilience.middleware.hedging import Hedging
+        from resilience.middleware.retry import Retry
+
+        retry = next((s for s in specs if issubclass(s.factory, Retry)), None)
+        hedging = next((s for s in specs if issubclass(s.factory, Hedging)), None)
+        if retry is not None and hedging is not None:
+            self.problems.append(error(
+                "resilience.E011", setting,
+                f"{method} is configured for both retrying ('{retry.path}') and hedging "
+                f"('{hedging.path}'); gRFC A6 allows one policy per method, since each "
+                f"hedge would also be retried",
+                f'remove one of them from {setting}, or give {method} a chain of its own '
+                f'with CLIENT_METHOD_MIDDLEWARE."{method}"',
+            ))
 
     def _import(self, setting: str, path: str, side: Side) -> type[Middleware] | None:
         if path not in self._imported:

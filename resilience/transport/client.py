@@ -33,17 +33,30 @@ def normalise_method(method: str | bytes) -> str:
 
 
 class CallOptions:
-    """The per-call grpc arguments that middleware do not touch, carried to the terminal."""
+    """The per-call grpc arguments that middleware do not touch, carried to the terminal.
 
-    __slots__ = ("capture", "compression", "credentials", "grpc_call", "wait_for_ready")
+    ``on_start``, when set, makes the sync terminal start the RPC as a grpc future and hand
+    it to ``on_start`` before waiting for it, so that a layer above (Hedging) can cancel
+    the RPC from another thread; a cancelled RPC then fails with CANCELLED.
+    """
+
+    __slots__ = (
+        "capture", "compression", "credentials", "grpc_call", "on_start", "wait_for_ready",
+    )
 
     def __init__(
-        self, credentials: Any, wait_for_ready: Any, compression: Any, capture: bool = False
+        self,
+        credentials: Any,
+        wait_for_ready: Any,
+        compression: Any,
+        capture: bool = False,
+        on_start: Callable[[grpc.Future], None] | None = None,
     ) -> None:
         self.credentials = credentials
         self.wait_for_ready = wait_for_ready
         self.compression = compression
         self.capture = capture
+        self.on_start = on_start
         self.grpc_call: Any = None
 
 
@@ -86,12 +99,30 @@ def _terminal(inner: Any) -> Handler:
             return inner(
                 call.request, timeout=remaining_timeout(call), metadata=call.metadata or None
             )
+        if opts.on_start is not None:
+            return _cancellable(inner, call, opts)
         if opts.capture:
             response, opts.grpc_call = inner.with_call(call.request, **call_kwargs(call))
             return response
         return inner(call.request, **call_kwargs(call))
 
     return send
+
+
+def _cancellable(inner: Any, call: Call, opts: CallOptions) -> Any:
+    """One attempt as a grpc future that ``opts.on_start`` may cancel from another thread."""
+    future = inner.future(call.request, **call_kwargs(call))
+    if opts.capture:
+        opts.grpc_call = future
+    opts.on_start(future)  # type: ignore[misc]
+    try:
+        return future.result()
+    except grpc.FutureCancelledError:
+        raise RpcStatusError(
+            grpc.StatusCode.CANCELLED,
+            f"{call.method} attempt {call.attempt} was cancelled by the client",
+            retryable=False,
+        ) from None
 
 
 class ChainMultiCallable:
