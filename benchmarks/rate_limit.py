@@ -52,10 +52,9 @@ from benchmarks._common import (
     record,
 )
 from resilience.core.call import Call, CallKind
-from resilience.core.errors import RpcStatusError
+from resilience.core.errors import PUSHBACK_KEY, RpcStatusError
 from resilience.core.middleware import ChainInfo
 from resilience.middleware import RateLimit
-from resilience.middleware.ratelimit import PUSHBACK_KEY
 
 NAME = "rate_limit"
 RESULTS = RESULTS_DIR / f"{NAME}.json"

@@ -20,9 +20,8 @@ import pytest
 
 from apps.cache.protos import cache_pb2
 from resilience.core.call import Call, CallKind
-from resilience.core.errors import MiddlewareNotUsed, RpcStatusError
+from resilience.core.errors import PUSHBACK_KEY, MiddlewareNotUsed, RpcStatusError
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
-from resilience.middleware.retry import PUSHBACK_KEY
 from tests.support.scripted import Plan, ScriptedServicer
 from tests.support.servers import Pairing, make_settings
 

@@ -6,6 +6,10 @@ from typing import Any
 
 import grpc
 
+#: gRFC A6 server pushback: trailing metadata telling a client when (in ms) to retry, or
+#: with a negative value not to.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
 
 class ImproperlyConfigured(Exception):
     """The settings are wrong; the message names the setting, the value and the fix."""

@@ -14,7 +14,7 @@ import contextvars
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,26 +24,13 @@ import structlog
 from resilience.core.call import Call
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
-from resilience.middleware.concurrency import _ReleasingIterator
+from resilience.core.streams import ReleasingIterator, release_once
 
 log = structlog.get_logger(__name__)
 
 _END = object()
 
 
-def _release_once(release: Callable[[], None]) -> Callable[[], None]:
-    """``release`` that runs on its first call only, from whichever path ends the call first
-    (end of stream, close, error, or the server's end-of-RPC callback)."""
-    token = [release]
-
-    def once() -> None:
-        try:
-            fn = token.pop()  # atomic: exactly one caller gets it
-        except IndexError:
-            return
-        fn()
-
-    return once
 
 
 class Compartment:
@@ -256,8 +243,8 @@ class Bulkhead(Middleware):
         if timeout <= 0 or not self._semaphore.acquire(timeout=timeout):
             raise self._rejection(timeout)
 
-    def _stream(self, call: Call) -> _ReleasingIterator:
-        release = _release_once(self._semaphore.release)
+    def _stream(self, call: Call) -> ReleasingIterator:
+        release = release_once(self._semaphore.release)
         if self._server and call.context is not None:
             # A cancelled client may leave the stream unconsumed; grpc still runs this.
             call.context.add_callback(release)
@@ -269,7 +256,7 @@ class Bulkhead(Middleware):
         except BaseException:
             release()
             raise
-        return _ReleasingIterator(responses, release)
+        return ReleasingIterator(responses, release)
 
     # --- the asyncio path ------------------------------------------------------------------
 
@@ -290,7 +277,7 @@ class Bulkhead(Middleware):
             await self._await_slot(call)
         else:
             await semaphore.acquire()
-        release = _release_once(semaphore.release)
+        release = release_once(semaphore.release)
         if self._server and call.context is not None:
             # grpc.aio calls done callbacks on the loop when the RPC ends, read or not.
             call.context.add_done_callback(lambda _context: release())

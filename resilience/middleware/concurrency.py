@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal
 
 import grpc
@@ -17,6 +16,7 @@ import grpc
 from resilience.core.call import Call
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+from resilience.core.streams import AsyncReleasingIterator, ReleasingIterator, release_once
 
 
 class _Slots:
@@ -38,66 +38,6 @@ class _Slots:
         lock.acquire()
         self.in_flight -= 1
         lock.release()
-
-
-class _ReleasingIterator:
-    """Pass a response stream through and free the slot when it ends, fails, is closed, or
-    is dropped without ever being iterated (``__del__``)."""
-
-    __slots__ = ("_release", "_responses")
-
-    def __init__(self, responses: Any, release: Callable[[], None]) -> None:
-        self._release = release  # first, so __del__ still frees the slot if iter() fails
-        self._responses = iter(responses)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return next(self._responses)
-        except BaseException:  # StopIteration included: the stream is over either way
-            self._release()
-            raise
-
-    def close(self) -> None:
-        self._release()
-        close = getattr(self._responses, "close", None)
-        if close is not None:
-            close()
-
-    def __del__(self) -> None:
-        self._release()
-
-
-class _AsyncReleasingIterator:
-    """``_ReleasingIterator`` for asyncio: also frees the slot when the reader is cancelled
-    while it waits for the next response."""
-
-    __slots__ = ("_release", "_responses")
-
-    def __init__(self, responses: Any, release: Callable[[], None]) -> None:
-        self._release = release
-        self._responses = aiter(responses)  # a grpc.aio stream call is iterable, not an iterator
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await anext(self._responses)
-        except BaseException:  # StopAsyncIteration and CancelledError included
-            self._release()
-            raise
-
-    async def aclose(self) -> None:
-        self._release()
-        aclose = getattr(self._responses, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-    def __del__(self) -> None:
-        self._release()
 
 
 class ConcurrencyLimit(Middleware):
@@ -167,8 +107,8 @@ class ConcurrencyLimit(Middleware):
             slots.in_flight -= 1
             lock.release()
 
-    def _stream(self, call: Call) -> _ReleasingIterator:
-        release = self._release_once()
+    def _stream(self, call: Call) -> ReleasingIterator:
+        release = release_once(self._slots.release)
         if self._server and call.context is not None:
             # A cancelled client may leave the stream unconsumed; grpc still runs this.
             call.context.add_callback(release)
@@ -177,7 +117,7 @@ class ConcurrencyLimit(Middleware):
         except BaseException:
             release()
             raise
-        return _ReleasingIterator(responses, release)
+        return ReleasingIterator(responses, release)
 
     async def _aunary(self, call: Call) -> Any:
         self._acquire()
@@ -186,10 +126,10 @@ class ConcurrencyLimit(Middleware):
         finally:  # cancellation of the awaiting task included
             self._slots.release()
 
-    def _astream(self, call: Call) -> _AsyncReleasingIterator:
+    def _astream(self, call: Call) -> AsyncReleasingIterator:
         """Admit now, like the sync path, and hand back the stream with its slot attached."""
         self._acquire()
-        release = self._release_once()
+        release = release_once(self._slots.release)
         if self._server and call.context is not None:
             # grpc.aio calls done callbacks with the context when the RPC ends, read or not.
             call.context.add_done_callback(lambda _context: release())
@@ -198,7 +138,7 @@ class ConcurrencyLimit(Middleware):
         except BaseException:
             release()
             raise
-        return _AsyncReleasingIterator(responses, release)
+        return AsyncReleasingIterator(responses, release)
 
     def _acquire(self) -> None:
         """Take a slot or raise RESOURCE_EXHAUSTED, checking and incrementing as one step so
@@ -218,16 +158,3 @@ class ConcurrencyLimit(Middleware):
             f"concurrency limit reached: {self._slots.limit} calls in flight for "
             f"{self._scope}; retry later",
         )
-
-    def _release_once(self) -> Callable[[], None]:
-        """A release that frees the slot on its first call only, from any thread."""
-        token = [self._slots]
-
-        def release() -> None:
-            try:
-                slots = token.pop()  # atomic: exactly one caller gets the slot back
-            except IndexError:
-                return
-            slots.release()
-
-        return release

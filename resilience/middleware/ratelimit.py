@@ -25,11 +25,9 @@ from typing import Any, Literal, cast
 import grpc
 
 from resilience.core.call import Call
-from resilience.core.errors import RpcStatusError
+from resilience.core.errors import PUSHBACK_KEY, RpcStatusError
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
 from resilience.limits.token_bucket import KeyedBuckets, TokenBucket
-
-PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class RateLimit(Middleware):

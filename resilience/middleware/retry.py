@@ -45,13 +45,12 @@ import structlog
 
 from resilience.backoff import Backoff
 from resilience.core.call import Call
-from resilience.core.errors import MiddlewareNotUsed, status_of
+from resilience.core.errors import PUSHBACK_KEY, MiddlewareNotUsed, status_of
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
 from resilience.limits.retry_budget import RetryBudget, shared_budget
 
 log = structlog.get_logger(__name__)
 
-PUSHBACK_KEY = "grpc-retry-pushback-ms"
 # gRFC A6's bounds for retryThrottling's maxTokens and tokenRatio.
 BUDGET_MAX_TOKENS_LIMIT = 1000
 BUDGET_TOKEN_RATIO_LIMIT = 1.0
