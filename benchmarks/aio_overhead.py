@@ -294,10 +294,12 @@ def measure_in_process(
     async def constant(call: Call) -> Any:
         return response
 
-    chain, _ = build_chain(
+    chain, used = build_chain(
         specs, constant, method=METHOD, kind=CallKind.UNARY_UNARY, side="client", shared={},
-        target="bench", is_async=True,
+        target="bench", is_async=True, idempotent=True,
     )
+    if len(used) != len(specs):
+        raise RuntimeError(f"the in-process chain lost middleware: built {used} from {specs}")
     channel = AioResilientChannel(
         _ConstantAioChannel(response), ChainResolver(settings, is_async=True), "bench"
     )

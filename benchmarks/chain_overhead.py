@@ -251,9 +251,12 @@ def measure_in_process(settings: Settings, request: Any, plan: Plan) -> dict[str
     def constant(call: Call) -> Any:
         return response
 
-    chain, _ = build_chain(
-        specs, constant, method=METHOD, kind=kind, side="client", shared={}, target="bench"
+    chain, used = build_chain(
+        specs, constant, method=METHOD, kind=kind, side="client", shared={}, target="bench",
+        idempotent=True,
     )
+    if len(used) != len(specs):
+        raise RuntimeError(f"the in-process chain lost middleware: built {used} from {specs}")
     channel = ResilientChannel(_ConstantChannel(response), ChainResolver(settings), "bench")
     stub_get = cache_pb2_grpc.CacheServiceStub(channel).Get
     inner = _ConstantChannel(response)._constant()

@@ -7,6 +7,17 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 
+async def end_early(rpc: Any, responses: Any) -> None:
+    """The caller closed a stream before its end: end the RPC now rather than when it is
+    garbage-collected. A grpc.aio call is cancelled; a layer's async generator is closed,
+    which ends the layers below it in turn."""
+    cancel = getattr(rpc, "cancel", None)
+    if cancel is not None:
+        cancel()
+    elif (aclose := getattr(responses, "aclose", None)) is not None:
+        await aclose()
+
+
 def release_once(release: Callable[[], None]) -> Callable[[], None]:
     """``release`` that runs on its first call only, from whichever path ends the call first
     (end of stream, close, error, or the server's end-of-RPC callback), from any thread."""

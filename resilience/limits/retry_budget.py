@@ -52,3 +52,24 @@ def shared_budget(shared: dict[str, Any], max_tokens: float, token_ratio: float)
     if budget is None:
         budget = shared.setdefault(SHARED_KEY, RetryBudget(max_tokens, token_ratio))
     return budget
+
+
+#: gRFC A6's bounds on a retry throttling policy.
+MAX_TOKENS_LIMIT = 1000
+TOKEN_RATIO_LIMIT = 1.0
+
+
+def budget_problems(max_tokens: float, token_ratio: float) -> list[str]:
+    """What is wrong with budget options, for Retry's and Hedging's ``validate``."""
+    problems = []
+    if max_tokens > MAX_TOKENS_LIMIT:
+        problems.append(
+            f"budget_max_tokens {max_tokens} is above {MAX_TOKENS_LIMIT} (gRFC A6's limit); "
+            f"use a value in (0, {MAX_TOKENS_LIMIT}]"
+        )
+    if token_ratio > TOKEN_RATIO_LIMIT:
+        problems.append(
+            f"budget_token_ratio {token_ratio} is above {TOKEN_RATIO_LIMIT:g} (gRFC A6's "
+            f"limit); use a value in (0, 1]"
+        )
+    return problems

@@ -30,6 +30,7 @@ from resilience.core.call import Call, Side
 from resilience.core.errors import BreakerOpenError, ImproperlyConfigured, status_of
 from resilience.core.loading import import_string
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+from resilience.core.streams import end_early
 
 log = structlog.get_logger(__name__)
 
@@ -197,11 +198,7 @@ class Fallback(Middleware):
                 for response in fallback:
                     yield response
         except GeneratorExit:
-            # The caller closed the stream: cancel a grpc.aio call, close a layer's generator.
-            if (cancel := getattr(rpc, "cancel", None)) is not None:
-                cancel()
-            elif (aclose := getattr(responses, "aclose", None)) is not None:
-                await aclose()
+            await end_early(rpc, responses)
             raise
 
     def _serves(self, error: grpc.RpcError) -> bool:

@@ -32,6 +32,7 @@ import structlog
 from resilience.core.call import Call
 from resilience.core.errors import MiddlewareNotUsed, RpcStatusError
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+from resilience.core.streams import end_early
 from resilience.faults import Fault, FaultDecider, parse_delay_ms, parse_status
 
 log = structlog.get_logger(__name__)
@@ -269,10 +270,5 @@ class FaultInjection(Middleware):
             async for response in responses:
                 yield response
         except GeneratorExit:
-            # The caller closed the stream: end the RPC now rather than when it is collected.
-            cancel = getattr(rpc, "cancel", None)
-            if cancel is not None:
-                cancel()
-            elif (aclose := getattr(responses, "aclose", None)) is not None:
-                await aclose()
+            await end_early(rpc, responses)
             raise

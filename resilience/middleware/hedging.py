@@ -48,8 +48,7 @@ import structlog
 from resilience.core.call import Call
 from resilience.core.errors import MiddlewareNotUsed, RpcStatusError, status_of
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
-from resilience.limits.retry_budget import RetryBudget, shared_budget
-from resilience.middleware.retry import BUDGET_MAX_TOKENS_LIMIT, BUDGET_TOKEN_RATIO_LIMIT
+from resilience.limits.retry_budget import RetryBudget, budget_problems, shared_budget
 from resilience.transport.client import CallOptions
 
 log = structlog.get_logger(__name__)
@@ -156,17 +155,7 @@ class Hedging(Middleware):
                     f"max_attempts {self.max_attempts} is above {MAX_ATTEMPTS_LIMIT} "
                     f"(gRFC A6's limit); use a value from 1 to {MAX_ATTEMPTS_LIMIT}"
                 )
-            if self.budget_max_tokens > BUDGET_MAX_TOKENS_LIMIT:
-                problems.append(
-                    f"budget_max_tokens {self.budget_max_tokens} is above "
-                    f"{BUDGET_MAX_TOKENS_LIMIT} (gRFC A6's limit); use a value in "
-                    f"(0, {BUDGET_MAX_TOKENS_LIMIT}]"
-                )
-            if self.budget_token_ratio > BUDGET_TOKEN_RATIO_LIMIT:
-                problems.append(
-                    f"budget_token_ratio {self.budget_token_ratio} is above "
-                    f"{BUDGET_TOKEN_RATIO_LIMIT:g} (gRFC A6's limit); use a value in (0, 1]"
-                )
+            problems += budget_problems(self.budget_max_tokens, self.budget_token_ratio)
             return problems
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:

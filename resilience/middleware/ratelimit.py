@@ -27,6 +27,7 @@ import grpc
 from resilience.core.call import Call
 from resilience.core.errors import PUSHBACK_KEY, RpcStatusError
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+from resilience.core.streams import end_early
 from resilience.limits.token_bucket import KeyedBuckets, TokenBucket
 
 
@@ -188,12 +189,7 @@ class RateLimit(Middleware):
             async for response in responses:
                 yield response
         except GeneratorExit:
-            # The caller closed the stream: end the RPC now rather than when it is collected.
-            cancel = getattr(rpc, "cancel", None)
-            if cancel is not None:
-                cancel()
-            elif (aclose := getattr(responses, "aclose", None)) is not None:
-                await aclose()
+            await end_early(rpc, responses)
             raise
 
     def _value_of(self, call: Call) -> Any:

@@ -47,13 +47,12 @@ from resilience.backoff import Backoff
 from resilience.core.call import Call
 from resilience.core.errors import PUSHBACK_KEY, MiddlewareNotUsed, status_of
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
-from resilience.limits.retry_budget import RetryBudget, shared_budget
+from resilience.core.streams import end_early
+from resilience.limits.retry_budget import RetryBudget, budget_problems, shared_budget
 
 log = structlog.get_logger(__name__)
 
 # gRFC A6's bounds for retryThrottling's maxTokens and tokenRatio.
-BUDGET_MAX_TOKENS_LIMIT = 1000
-BUDGET_TOKEN_RATIO_LIMIT = 1.0
 # At most one "retry_throttled" line per chain per this many seconds.
 THROTTLE_LOG_INTERVAL_S = 1.0
 
@@ -131,17 +130,7 @@ class Retry(Middleware):
                     f"max_backoff {self.max_backoff} is below initial_backoff "
                     f"{self.initial_backoff}; raise max_backoff"
                 )
-            if self.budget_max_tokens > BUDGET_MAX_TOKENS_LIMIT:
-                problems.append(
-                    f"budget_max_tokens {self.budget_max_tokens} is above "
-                    f"{BUDGET_MAX_TOKENS_LIMIT} (gRFC A6's limit); use a value in "
-                    f"(0, {BUDGET_MAX_TOKENS_LIMIT}]"
-                )
-            if self.budget_token_ratio > BUDGET_TOKEN_RATIO_LIMIT:
-                problems.append(
-                    f"budget_token_ratio {self.budget_token_ratio} is above "
-                    f"{BUDGET_TOKEN_RATIO_LIMIT:g} (gRFC A6's limit); use a value in (0, 1]"
-                )
+            problems += budget_problems(self.budget_max_tokens, self.budget_token_ratio)
             return problems
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
@@ -271,13 +260,7 @@ class Retry(Middleware):
             async for response in responses:
                 yield response
         except GeneratorExit:
-            # The caller closed the stream: end the RPC now rather than when it is collected.
-            # A grpc.aio call is cancelled; a layer's async generator is closed in turn.
-            cancel = getattr(rpc, "cancel", None)
-            if cancel is not None:
-                cancel()
-            elif (aclose := getattr(responses, "aclose", None)) is not None:
-                await aclose()
+            await end_early(rpc, responses)
             raise
 
     def _committed(self) -> None:
