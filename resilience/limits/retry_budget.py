@@ -38,8 +38,9 @@ class RetryBudget:
             self.tokens = max(0.0, self.tokens - 1.0)
 
     def record_success(self) -> None:
-        with self._lock:
-            self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
+        if self.tokens < self.max_tokens:  # a full budget, the usual case, takes no lock
+            with self._lock:
+                self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
 
 
 def shared_budget(shared: dict[str, Any], max_tokens: float, token_ratio: float) -> RetryBudget:
