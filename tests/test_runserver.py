@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import re
 import signal
@@ -20,7 +19,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import processes
+from tests.support.processes import ROOT
+
 GRACE = 5.0  # SERVER_GRACE_PERIOD of the testing environment
 SHORT_GRACE = 2.0  # set through the environment where a test waits out the grace period
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -31,10 +32,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def environment(**overrides: str) -> dict[str, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")}
-    environ["RESILIENCE_ENV"] = "testing"
-    environ.update(overrides)
-    return environ
+    return processes.environment(**{"RESILIENCE_ENV": "testing", **overrides})
 
 
 class RunningServer:
@@ -95,18 +93,9 @@ def runserver(*args: str, **env: str) -> Iterator[RunningServer]:
 
 
 def runclient(address: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "runclient", "--target", address, *args],
-        cwd=ROOT, env=environment(), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return processes.manage(
+        "runclient", "--target", address, *args, timeout=timeout, RESILIENCE_ENV="testing"
     )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
