@@ -5,24 +5,31 @@ Not a benchmark itself (its name starts with ``_``, so ``manage.py bench`` skips
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
+import importlib
 import json
 import multiprocessing
 import os
 import platform
 import statistics
+import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 from rich.console import Console
 
 from resilience.conf.settings import Settings
+
+if TYPE_CHECKING:
+    from resilience.apps.registry import Apps
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS_DIR.parents[1]
@@ -40,6 +47,8 @@ THROUGHPUT_RATIO_MIN = 0.97
 # The server process never outlives this, even if the parent dies without telling it.
 SERVER_MAX_LIFETIME_S = 900.0
 SERVER_START_TIMEOUT_S = 60.0
+# The settings a benchmark server starts from; server_process(settings=...) goes over them.
+SERVER_DEFAULTS: dict[str, Any] = {"SERVER_MIDDLEWARE": [], "LOG_LEVEL": "WARNING"}
 
 ServerKind = Literal["sync", "aio"]
 
@@ -52,68 +61,155 @@ def bench_settings(**values: Any) -> Settings:
 # --- the server, in its own process ------------------------------------------------------
 
 
-def _serve(conn: Any, kind: ServerKind = "sync") -> None:
-    """Child process: serve the cache app with no server middleware until told to stop.
+def _servicer_factory(path: str) -> Callable[[Settings], Any]:
+    module, _, name = path.rpartition(".")
+    factory: Callable[[Settings], Any] = getattr(importlib.import_module(module), name)
+    return factory
+
+
+def _apps(settings: Settings, servicer: str | None, made: list[Any]) -> Apps:
+    """The cache app, with the servicer made by the factory at ``servicer`` if given;
+    each servicer made is appended to ``made``."""
+    from resilience.apps.config import AppConfig
+    from resilience.apps.registry import Apps, load_apps
+
+    apps = load_apps(settings.INSTALLED_APPS)
+    if servicer is None:
+        return apps
+    factory = _servicer_factory(servicer)
+
+    def make(settings: Settings) -> Any:
+        made.append(factory(settings))
+        return made[-1]
+
+    from apps.cache.apps import CacheConfig
+
+    config = AppConfig()
+    config.services = tuple(  # type: ignore[misc]
+        dataclasses.replace(service, servicer=make, async_servicer=make)
+        for service in CacheConfig.services
+    )
+    return Apps([config])
+
+
+def _answer(conn: Any, made: list[Any]) -> bool:
+    """Read a message; False on "stop" or at EOF (the parent has gone), else send what the
+    servicer's ``control(message)`` returns (None without one) and return True."""
+    try:
+        command = conn.recv()
+    except EOFError:
+        return False
+    if command == "stop":
+        return False
+    control = getattr(made[0], "control", None) if made else None
+    conn.send(control(command) if control is not None else None)
+    return True
+
+
+def _serve(
+    conn: Any, kind: ServerKind, values: dict[str, Any], servicer: str | None
+) -> None:
+    """Child process: serve until told to "stop", answering any other message with the
+    servicer's ``control(message)``.
 
     ``kind`` is ``"sync"`` (``Server``, grpcio with a thread pool) or ``"aio"``
-    (``AioServer`` on grpc.aio, built inside the event loop that runs it).
+    (``AioServer`` on grpc.aio, built inside the event loop that runs it). The settings are
+    ``values`` over no server middleware and ``LOG_LEVEL = "WARNING"``; the services are the
+    cache app's, with the servicer made by the factory at the dotted path ``servicer``
+    (called with the settings) if given.
     """
     if kind == "aio":
-        asyncio.run(_serve_aio(conn))
+        asyncio.run(_serve_aio(conn, values, servicer))
         return
+    made: list[Any] = []
     try:
-        from resilience.apps.registry import load_apps
         from resilience.log import configure_logging
         from resilience.transport.serving import Server
 
-        configure_logging("WARNING")
-        settings = bench_settings(SERVER_MIDDLEWARE=[], LOG_LEVEL="WARNING")
-        server = Server(settings, load_apps(settings.INSTALLED_APPS), "127.0.0.1:0")
+        settings = bench_settings(**{**SERVER_DEFAULTS, **values})
+        configure_logging(settings.LOG_LEVEL)
+        server = Server(settings, _apps(settings, servicer, made), "127.0.0.1:0")
         server.start()
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         raise
     try:
         conn.send(("ok", server.address))
-        # Returns on "stop", or at EOF when the parent has gone, or at the lifetime bound.
-        conn.poll(SERVER_MAX_LIFETIME_S)
+        # Ends on "stop", at EOF when the parent has gone, or at the lifetime bound.
+        end = time.monotonic() + SERVER_MAX_LIFETIME_S
+        while conn.poll(max(0.0, end - time.monotonic())) and _answer(conn, made):
+            pass
     finally:
         server.stop(grace=0)
 
 
-async def _serve_aio(conn: Any) -> None:
+async def _serve_aio(conn: Any, values: dict[str, Any], servicer: str | None) -> None:
+    made: list[Any] = []
     try:
-        from resilience.apps.registry import load_apps
         from resilience.log import configure_logging
         from resilience.transport.aio_serving import AioServer
 
-        configure_logging("WARNING")
-        settings = bench_settings(SERVER_MIDDLEWARE=[], LOG_LEVEL="WARNING", ASYNCIO=True)
-        server = AioServer(settings, load_apps(settings.INSTALLED_APPS), "127.0.0.1:0")
+        settings = bench_settings(**{**SERVER_DEFAULTS, "ASYNCIO": True, **values})
+        configure_logging(settings.LOG_LEVEL)
+        server = AioServer(settings, _apps(settings, servicer, made), "127.0.0.1:0")
         await server.start()
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         raise
     loop = asyncio.get_running_loop()
-    told = asyncio.Event()
+    readable = asyncio.Event()
     try:
         conn.send(("ok", server.address))
-        # Readable on "stop", or at EOF when the parent has gone; bounded by the lifetime.
-        loop.add_reader(conn.fileno(), told.set)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(told.wait(), SERVER_MAX_LIFETIME_S)
+        # Readable on a message, or at EOF when the parent has gone; bounded by the lifetime.
+        loop.add_reader(conn.fileno(), readable.set)
+        end = loop.time() + SERVER_MAX_LIFETIME_S
+        while loop.time() < end:
+            readable.clear()
+            if not conn.poll():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(readable.wait(), end - loop.time())
+                continue
+            if not _answer(conn, made):
+                return
     finally:
         with contextlib.suppress(Exception):
             loop.remove_reader(conn.fileno())
         await server.stop(grace=0)
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerProcess:
+    """A benchmark server in a spawned process: its address, and a line to its servicer."""
+
+    address: str
+    conn: Any
+
+    def ask(self, command: str, timeout: float = 10.0) -> Any:
+        """Send ``command``; the servicer's ``control(command)``, from the server process."""
+        self.conn.send(command)
+        if not self.conn.poll(timeout):
+            raise RuntimeError(f"benchmark server did not answer {command!r}")
+        return self.conn.recv()
+
+
 @contextlib.contextmanager
-def server_process(kind: ServerKind = "sync") -> Iterator[str]:
-    """A cache server in a spawned process on a loopback port; yields its address."""
+def spawned_server(
+    kind: ServerKind = "sync", *, settings: dict[str, Any] | None = None,
+    servicer: str | None = None,
+) -> Iterator[ServerProcess]:
+    """A cache server in a spawned process on a loopback port.
+
+    ``settings``: setting values over the benchmark defaults (no server middleware,
+    ``LOG_LEVEL = "WARNING"``, and ``ASYNCIO`` for ``"aio"``). ``servicer``: the dotted path
+    of a module-level factory, ``f(settings) -> servicer`` (sync or async as ``kind``),
+    whose servicer replaces the cache app's; if it has ``control(command)``,
+    ``ServerProcess.ask`` gets its answers (on the event loop for ``"aio"``, on the main
+    thread, beside the serving threads, for ``"sync"``).
+    """
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child, kind), name="bench-server", daemon=True)
+    proc = ctx.Process(target=_serve, args=(child, kind, dict(settings or {}), servicer),
+                       name="bench-server", daemon=True)
     proc.start()
     child.close()
     try:
@@ -125,7 +221,7 @@ def server_process(kind: ServerKind = "sync") -> Iterator[str]:
             status, detail = "error", f"the server process exited ({proc.exitcode})"
         if status != "ok":
             raise RuntimeError(f"benchmark server failed to start:\n{detail}")
-        yield detail
+        yield ServerProcess(detail, parent)
     finally:
         with contextlib.suppress(OSError):
             parent.send("stop")
@@ -137,6 +233,16 @@ def server_process(kind: ServerKind = "sync") -> Iterator[str]:
         if proc.is_alive():
             proc.kill()
             proc.join(5)
+
+
+@contextlib.contextmanager
+def server_process(
+    kind: ServerKind = "sync", *, settings: dict[str, Any] | None = None,
+    servicer: str | None = None,
+) -> Iterator[str]:
+    """``spawned_server``, yielding only the address."""
+    with spawned_server(kind, settings=settings, servicer=servicer) as server:
+        yield server.address
 
 
 # --- statistics --------------------------------------------------------------------------
@@ -234,6 +340,46 @@ def print_footer(console: Console, results: dict[str, Any]) -> None:
         f"{results['elapsed_s']:.0f}s"
         + (f"; written to {results['output']}" if results.get("output") else "")
     )
+
+
+def header(name: str, quick: bool, plan: Any, *dists: str) -> dict[str, Any]:
+    """The figures every benchmark's results start with; ``dists`` goes to ``machine``."""
+    return {
+        "benchmark": name,
+        "quick": quick,
+        "plan": dataclasses.asdict(plan),
+        "machine": machine(*dists),
+    }
+
+
+def finish(
+    results: dict[str, Any], began: float, default: Path,
+    report: Callable[[dict[str, Any], Any], None], quick: bool, stdout: Any,
+    output: Path | None,
+) -> dict[str, Any]:
+    """The time since ``began`` into ``results``, which ``record`` writes (to ``default``
+    for a full run) and ``report`` prints to ``stdout``; returns ``results``."""
+    results["elapsed_s"] = time.perf_counter() - began
+    record(results, default, quick, output)
+    report(results, stdout)
+    return results
+
+
+def cli(
+    argv: list[str] | None, name: str, doc: str | None, run: Callable[..., Any], default: Path
+) -> int:
+    """``python -m benchmarks.NAME [--quick] [--output FILE]``: ``run`` with those."""
+    from resilience.log import configure_logging
+
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}",
+                                     description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--output", type=Path,
+                        help=f"JSON file (default: {default})")
+    args = parser.parse_args(argv)
+    configure_logging("WARNING")
+    run(quick=args.quick, output=args.output)
+    return 0
 
 
 def write(results: dict[str, Any], path: Path) -> None:

@@ -24,7 +24,6 @@ is what is measured. Run with ``python -m benchmarks.aio_overhead [--quick]`` or
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import gc
@@ -49,12 +48,13 @@ from benchmarks._common import (
     RESULTS_DIR,
     VALUE,
     bench_settings,
-    machine,
+    cli,
+    finish,
+    header,
     percentile,
     print_footer,
     print_targets,
     ratio_targets,
-    record,
     rotated,
     round_ratio_medians,
     server_process,
@@ -462,10 +462,7 @@ def run(
     settings = bench_settings(CLIENT_MIDDLEWARE=DEFAULT_CLIENT_MIDDLEWARE)
     request = cache_pb2.GetReq(key=KEY)
     results: dict[str, Any] = {
-        "benchmark": NAME,
-        "quick": quick,
-        "plan": dataclasses.asdict(plan),
-        "machine": machine("pybreaker"),
+        **header(NAME, quick, plan, "pybreaker"),
         "method": METHOD,
         "client_chain": DEFAULT_CLIENT_MIDDLEWARE,
         "server": SERVER_DESCRIPTION,
@@ -489,23 +486,11 @@ def run(
                 clients.close()
                 runner.run(clients.aclose())
     results["targets"] = judge(results)
-    results["elapsed_s"] = time.perf_counter() - began
-    record(results, RESULTS, quick, output)
-    report(results, stdout)
-    return results
+    return finish(results, began, RESULTS, report, quick, stdout, output)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from resilience.log import configure_logging
-
-    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{NAME}", description=__doc__
-                                     .split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--output", type=Path, help=f"JSON file (default: {RESULTS})")
-    args = parser.parse_args(argv)
-    configure_logging("WARNING")
-    run(quick=args.quick, output=args.output)
-    return 0
+    return cli(argv, NAME, __doc__, run, RESULTS)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,12 @@ got done. Run with ``python -m benchmarks.bulkhead [--quick]`` or ``manage.py be
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import multiprocessing
 import statistics
 import sys
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,14 +36,13 @@ from apps.cache.servicer import CacheServicer
 from benchmarks._common import (
     KEY,
     RESULTS_DIR,
-    SERVER_MAX_LIFETIME_S,
-    SERVER_START_TIMEOUT_S,
     VALUE,
-    bench_settings,
-    machine,
+    cli,
+    finish,
+    header,
     percentile,
     print_footer,
-    record,
+    server_process,
 )
 
 NAME = "bulkhead"
@@ -96,12 +92,13 @@ QUICK = Plan(alone_seconds=0.3, flood_seconds=1.0, ramp_seconds=0.2, dump_items=
 
 
 class SlowReports(CacheServicer):
-    """The cache servicer with a Dump that takes ``items * delay`` seconds."""
+    """The cache servicer with a Dump that takes ``items * delay`` seconds, from the
+    settings ``BENCH_DUMP_ITEMS`` and ``BENCH_DUMP_DELAY``."""
 
-    def __init__(self, settings: Any, items: int, delay: float) -> None:
+    def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        self.items = items
-        self.delay = delay
+        self.items = settings.get("BENCH_DUMP_ITEMS")
+        self.delay = settings.get("BENCH_DUMP_DELAY")
 
     def Dump(self, request: cache_pb2.DumpReq, context: grpc.ServicerContext
              ) -> Iterator[cache_pb2.DumpItem]:
@@ -110,66 +107,12 @@ class SlowReports(CacheServicer):
             yield cache_pb2.DumpItem(key=f"k{n}", val=b"v")
 
 
-def _serve(conn: Any, values: dict[str, Any], items: int, delay: float) -> None:
-    """Child process: serve ``SlowReports`` with ``values`` as settings until told to stop
-    (as ``benchmarks._common._serve``, which takes no settings)."""
-    try:
-        from resilience.apps.config import AppConfig, Service
-        from resilience.apps.registry import Apps
-        from resilience.log import configure_logging
-        from resilience.transport.serving import Server
-
-        configure_logging("WARNING")
-        settings = bench_settings(LOG_LEVEL="WARNING", SERVER_MAX_WORKERS=SERVER_MAX_WORKERS,
-                                  **values)
-        config = AppConfig()
-        config.services = (  # type: ignore[misc]
-            Service(
-                descriptor=cache_pb2.DESCRIPTOR.services_by_name["CacheService"],
-                add_to_server=cache_pb2_grpc.add_CacheServiceServicer_to_server,
-                stub=cache_pb2_grpc.CacheServiceStub,
-                servicer=lambda settings: SlowReports(settings, items, delay),
-            ),
-        )
-        server = Server(settings, Apps([config]), "127.0.0.1:0")
-        server.start()
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
-    try:
-        conn.send(("ok", server.address))
-        conn.poll(SERVER_MAX_LIFETIME_S)  # "stop", EOF when the parent has gone, or the bound
-    finally:
-        server.stop(grace=0)
-
-
-@contextlib.contextmanager
-def server_process(values: dict[str, Any], plan: Plan) -> Iterator[str]:
-    """A slow-report cache server in a spawned process on a loopback port; its address."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child, values, plan.dump_items, plan.dump_delay),
-                       name="bench-bulkhead-server", daemon=True)
-    proc.start()
-    child.close()
-    try:
-        if not parent.poll(SERVER_START_TIMEOUT_S):
-            raise RuntimeError(f"benchmark server did not start in {SERVER_START_TIMEOUT_S:g}s")
-        try:
-            status, detail = parent.recv()
-        except EOFError:
-            status, detail = "error", f"the server process exited ({proc.exitcode})"
-        if status != "ok":
-            raise RuntimeError(f"benchmark server failed to start:\n{detail}")
-        yield detail
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        parent.close()
-        proc.join(10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
+def server(name: str, plan: Plan) -> contextlib.AbstractContextManager[str]:
+    """The server ``name``, serving ``SlowReports``, in a spawned process; its address."""
+    return server_process("sync", settings={
+        **SERVERS[name], "SERVER_MAX_WORKERS": SERVER_MAX_WORKERS,
+        "BENCH_DUMP_ITEMS": plan.dump_items, "BENCH_DUMP_DELAY": plan.dump_delay,
+    }, servicer="benchmarks.bulkhead.SlowReports")
 
 
 # --- the clients -------------------------------------------------------------------------
@@ -247,7 +190,7 @@ def time_gets(address: str, seconds: float, max_calls: int) -> dict[str, Any]:
 
 def measure(name: str, plan: Plan) -> dict[str, Any]:
     """Gets alone, then Gets during the flood, against the server ``name``."""
-    with server_process(SERVERS[name], plan) as address:
+    with server(name, plan) as address:
         with _channel(address) as channel:
             cache_pb2_grpc.CacheServiceStub(channel).Store(
                 cache_pb2.StoreReq(key=KEY, value=VALUE), timeout=10)
@@ -321,33 +264,18 @@ def run(
     plan = QUICK if quick else FULL
     began = time.perf_counter()
     results: dict[str, Any] = {
-        "benchmark": NAME,
-        "quick": quick,
-        "plan": dataclasses.asdict(plan),
-        "machine": machine(),
+        **header(NAME, quick, plan),
         "server_max_workers": SERVER_MAX_WORKERS,
         "flood_threads": FLOOD,
         "bulkhead_options": BULKHEAD_OPTIONS,
         "servers": {name: measure(name, plan) for name in SERVERS},
     }
     results["judgement"] = judge(results)
-    results["elapsed_s"] = time.perf_counter() - began
-    record(results, RESULTS, quick, output)
-    report(results, stdout)
-    return results
+    return finish(results, began, RESULTS, report, quick, stdout, output)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from resilience.log import configure_logging
-
-    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{NAME}", description=__doc__
-                                     .split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--output", type=Path, help=f"JSON file (default: {RESULTS})")
-    args = parser.parse_args(argv)
-    configure_logging("WARNING")
-    run(quick=args.quick, output=args.output)
-    return 0
+    return cli(argv, NAME, __doc__, run, RESULTS)
 
 
 if __name__ == "__main__":

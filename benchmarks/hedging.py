@@ -17,17 +17,13 @@ Run with ``python -m benchmarks.hedging [--quick]`` or ``manage.py bench hedging
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
-import multiprocessing
 import random
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,17 +32,19 @@ from rich.console import Console
 from rich.table import Table
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
+from apps.cache.servicer import AsyncCacheServicer
 from benchmarks._common import (
     METHOD,
     RESULTS_DIR,
-    SERVER_MAX_LIFETIME_S,
-    SERVER_START_TIMEOUT_S,
+    ServerProcess,
     bench_settings,
+    cli,
+    finish,
     machine,
     mark,
     percentile,
     print_footer,
-    record,
+    spawned_server,
 )
 from resilience.log import configure_logging
 from resilience.transport.client import connect
@@ -55,6 +53,7 @@ NAME = "hedging"
 RESULTS = RESULTS_DIR / f"{NAME}.json"
 SLOW_SHARE = 0.05
 SLOW_SECONDS = 0.5
+SEED = 1
 P99_OVER_P50_MAX = 1.5
 HEDGING = "resilience.middleware.Hedging"
 
@@ -73,11 +72,13 @@ QUICK = Plan(calls=120, threads=4, warmup_calls=20)
 # --- the server, in its own process ------------------------------------------------------
 
 
-class _SlowSometimes(cache_pb2_grpc.CacheServiceServicer):
-    """Get answers at once, except a random ``SLOW_SHARE`` of attempts that first wait
-    ``SLOW_SECONDS`` (and stop waiting when the client cancels)."""
+class SlowSometimes(AsyncCacheServicer):
+    """The async cache servicer whose Get answers at once, except a random ``SLOW_SHARE``
+    of attempts that first wait ``SLOW_SECONDS`` (and stop waiting when the client
+    cancels); ``control`` answers "stats" and "reset" from the parent."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, settings: Any, seed: int = SEED) -> None:
+        super().__init__(settings)
         self.rng = random.Random(seed)
         self.stats = {"attempts": 0, "delayed": 0, "cancelled": 0}
 
@@ -92,89 +93,18 @@ class _SlowSometimes(cache_pb2_grpc.CacheServiceServicer):
                 raise
         return cache_pb2.GetResp(value=b"v")
 
-
-def _serve(conn: Any, seed: int) -> None:
-    asyncio.run(_serve_aio(conn, seed))
-
-
-async def _serve_aio(conn: Any, seed: int) -> None:
-    """Child process: serve until "stop" (or EOF); answer "stats" and "reset" meanwhile."""
-    try:
-        server = grpc.aio.server()
-        servicer = _SlowSometimes(seed)
-        cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
-    loop = asyncio.get_running_loop()
-    readable = asyncio.Event()
-    loop.add_reader(conn.fileno(), readable.set)
-    conn.send(("ok", f"127.0.0.1:{port}"))
-    end = loop.time() + SERVER_MAX_LIFETIME_S
-    try:
-        while loop.time() < end:
-            readable.clear()
-            if not conn.poll():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(readable.wait(), end - loop.time())
-                continue
-            try:
-                command = conn.recv()
-            except EOFError:
-                return
-            if command == "stats":
-                conn.send(dict(servicer.stats))
-            elif command == "reset":
-                servicer.stats = dict.fromkeys(servicer.stats, 0)
-                conn.send("ok")
-            else:
-                return
-    finally:
-        loop.remove_reader(conn.fileno())
-        await server.stop(grace=0)
+    def control(self, command: str) -> Any:
+        if command == "stats":
+            return dict(self.stats)
+        if command == "reset":
+            self.stats = dict.fromkeys(self.stats, 0)
+            return "ok"
+        raise ValueError(f"unknown command {command!r}")
 
 
-class ServerProcess:
-    """The slow-sometimes server in a spawned process, and a line to ask it for counts."""
-
-    def __init__(self, conn: Any, address: str) -> None:
-        self.conn = conn
-        self.address = address
-
-    def ask(self, command: str) -> Any:
-        self.conn.send(command)
-        if not self.conn.poll(10):
-            raise RuntimeError(f"benchmark server did not answer {command!r}")
-        return self.conn.recv()
-
-
-@contextlib.contextmanager
-def server_process(seed: int = 1) -> Iterator[ServerProcess]:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child, seed), name="bench-hedging", daemon=True)
-    proc.start()
-    child.close()
-    try:
-        if not parent.poll(SERVER_START_TIMEOUT_S):
-            raise RuntimeError("benchmark server did not start")
-        try:
-            status, detail = parent.recv()
-        except EOFError:
-            status, detail = "error", f"the server process exited ({proc.exitcode})"
-        if status != "ok":
-            raise RuntimeError(f"benchmark server failed to start:\n{detail}")
-        yield ServerProcess(parent, detail)
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        parent.close()
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
+def slow_server() -> contextlib.AbstractContextManager[ServerProcess]:
+    """The slow-sometimes server (grpc.aio, no server middleware) in a spawned process."""
+    return spawned_server("aio", servicer="benchmarks.hedging.SlowSometimes")
 
 
 # --- measurement -------------------------------------------------------------------------
@@ -255,7 +185,7 @@ def run(*, quick: bool = False, stdout: TextIO | None = None,
     plan = QUICK if quick else FULL
     configure_logging("WARNING")
     began = time.perf_counter()
-    with server_process() as server:
+    with slow_server() as server:
         baseline, _ = measure(server, [], {}, plan)
         # The delay: p95 of the calls the fault left alone (over all calls, p95 lands on the
         # edge of the delayed 5%, about 500 ms), measured through the same hedging path
@@ -280,11 +210,8 @@ def run(*, quick: bool = False, stdout: TextIO | None = None,
             },
         },
         "machine": machine(),
-        "elapsed_s": time.perf_counter() - began,
     }
-    record(results, RESULTS, quick, output)
-    report(results, stdout)
-    return results
+    return finish(results, began, RESULTS, report, quick, stdout, output)
 
 
 def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
@@ -313,12 +240,7 @@ def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--output", type=Path, help="write the JSON figures here")
-    args = parser.parse_args(argv)
-    run(quick=args.quick, output=args.output)
-    return 0
+    return cli(argv, NAME, __doc__, run, RESULTS)
 
 
 if __name__ == "__main__":

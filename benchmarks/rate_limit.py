@@ -17,19 +17,15 @@ Run with ``python -m benchmarks.rate_limit [--quick]`` or ``manage.py bench rate
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
 import gc
-import multiprocessing
 import statistics
 import sys
 import threading
 import time
 import timeit
-import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -42,14 +38,13 @@ from benchmarks._common import (
     KEY,
     METHOD,
     RESULTS_DIR,
-    SERVER_MAX_LIFETIME_S,
-    SERVER_START_TIMEOUT_S,
     VALUE,
     ServerKind,
-    bench_settings,
-    machine,
+    cli,
+    finish,
+    header,
     print_footer,
-    record,
+    server_process,
 )
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import PUSHBACK_KEY, RpcStatusError
@@ -85,95 +80,16 @@ QUICK = Plan(
 
 
 # --- the rate-limited server, in its own process -------------------------------------------
-# benchmarks._common.server_process serves SERVER_MIDDLEWARE = [] only; this is its pattern
-# with the server settings passed in.
 
 
-def _serve(conn: Any, kind: ServerKind, values: dict[str, Any]) -> None:
-    """Child process: serve the cache app with the settings ``values`` until told to stop."""
-    if kind == "aio":
-        asyncio.run(_serve_aio(conn, values))
-        return
-    try:
-        from resilience.apps.registry import load_apps
-        from resilience.log import configure_logging
-        from resilience.transport.serving import Server
-
-        configure_logging("WARNING")
-        settings = bench_settings(LOG_LEVEL="WARNING", **values)
-        server = Server(settings, load_apps(settings.INSTALLED_APPS), "127.0.0.1:0")
-        server.start()
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
-    try:
-        conn.send(("ok", server.address))
-        conn.poll(SERVER_MAX_LIFETIME_S)  # "stop", EOF (the parent is gone) or the bound
-    finally:
-        server.stop(grace=0)
-
-
-async def _serve_aio(conn: Any, values: dict[str, Any]) -> None:
-    try:
-        from resilience.apps.registry import load_apps
-        from resilience.log import configure_logging
-        from resilience.transport.aio_serving import AioServer
-
-        configure_logging("WARNING")
-        settings = bench_settings(LOG_LEVEL="WARNING", ASYNCIO=True, **values)
-        server = AioServer(settings, load_apps(settings.INSTALLED_APPS), "127.0.0.1:0")
-        await server.start()
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
-    loop = asyncio.get_running_loop()
-    told = asyncio.Event()
-    try:
-        conn.send(("ok", server.address))
-        loop.add_reader(conn.fileno(), told.set)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(told.wait(), SERVER_MAX_LIFETIME_S)
-    finally:
-        with contextlib.suppress(Exception):
-            loop.remove_reader(conn.fileno())
-        await server.stop(grace=0)
-
-
-@contextlib.contextmanager
-def limited_server(kind: ServerKind, rate: float, burst: int) -> Iterator[str]:
+def limited_server(kind: ServerKind, rate: float, burst: int
+                   ) -> contextlib.AbstractContextManager[str]:
     """A cache server whose stack is one RateLimit per method, in a spawned process."""
-    values = {
+    return server_process(kind, settings={
         "SERVER_MIDDLEWARE": ["resilience.middleware.RateLimit"],
         "SERVER_OPTIONS": {"RateLimit": {"rate": rate, "burst": burst, "key": "method"}},
         "SERVER_MAX_WORKERS": 32,
-    }
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child, kind, values), name="bench-server",
-                       daemon=True)
-    proc.start()
-    child.close()
-    try:
-        if not parent.poll(SERVER_START_TIMEOUT_S):
-            raise RuntimeError(f"benchmark server did not start in {SERVER_START_TIMEOUT_S:g}s")
-        try:
-            status, detail = parent.recv()
-        except EOFError:
-            status, detail = "error", f"the server process exited ({proc.exitcode})"
-        if status != "ok":
-            raise RuntimeError(f"benchmark server failed to start:\n{detail}")
-        yield detail
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        parent.close()
-        proc.join(10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
+    })
 
 
 # --- accuracy ------------------------------------------------------------------------------
@@ -407,10 +323,7 @@ def run(
     plan = QUICK if quick else FULL
     began = time.perf_counter()
     results: dict[str, Any] = {
-        "benchmark": NAME,
-        "quick": quick,
-        "plan": dataclasses.asdict(plan),
-        "machine": machine(),
+        **header(NAME, quick, plan),
         "method": METHOD,
         "in_process": measure_in_process(plan),
         "accuracy": [],
@@ -420,23 +333,11 @@ def run(
             gc.collect()
             results["accuracy"].append(measure_accuracy(kind, rate, burst, plan))
     results["targets"] = judge(results)
-    results["elapsed_s"] = time.perf_counter() - began
-    record(results, RESULTS, quick, output)
-    report(results, stdout)
-    return results
+    return finish(results, began, RESULTS, report, quick, stdout, output)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from resilience.log import configure_logging
-
-    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{NAME}", description=__doc__
-                                     .split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--output", type=Path, help=f"JSON file (default: {RESULTS})")
-    args = parser.parse_args(argv)
-    configure_logging("WARNING")
-    run(quick=args.quick, output=args.output)
-    return 0
+    return cli(argv, NAME, __doc__, run, RESULTS)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,13 @@ Run with ``python -m benchmarks.retry_amplification [--quick]`` or
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import multiprocessing
 import random
 import sys
 import threading
 import time
-import traceback
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,15 +31,13 @@ from rich.table import Table
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from benchmarks._common import (
     RESULTS_DIR,
-    SERVER_MAX_LIFETIME_S,
-    SERVER_START_TIMEOUT_S,
     bench_settings,
-    machine,
+    cli,
+    finish,
+    header,
     print_footer,
-    record,
+    server_process,
 )
-from resilience.apps.config import AppConfig, Service
-from resilience.apps.registry import Apps
 from resilience.transport.client import connect
 
 NAME = "retry_amplification"
@@ -73,7 +67,7 @@ class FailingServicer(cache_pb2_grpc.CacheServiceServicer):
     """Get with key ``p=RATE;...`` fails with UNAVAILABLE with probability RATE, and
     counts attempts per key; Get with ``count:KEY`` answers that count."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Any = None) -> None:
         self.lock = threading.Lock()
         self.attempts: Counter[str] = Counter()
         self.rng = random.Random(SEED)
@@ -93,67 +87,10 @@ class FailingServicer(cache_pb2_grpc.CacheServiceServicer):
         return cache_pb2.GetResp(value=b"ok")
 
 
-def _apps() -> Apps:
-    servicer = FailingServicer()
-    config = AppConfig()
-    config.services = (  # type: ignore[misc]
-        Service(
-            descriptor=cache_pb2.DESCRIPTOR.services_by_name["CacheService"],
-            add_to_server=cache_pb2_grpc.add_CacheServiceServicer_to_server,
-            stub=cache_pb2_grpc.CacheServiceStub,
-            servicer=lambda settings: servicer,
-        ),
-    )
-    return Apps([config])
-
-
-def _serve(conn: Any) -> None:
-    """Child process: serve ``FailingServicer`` with no server middleware until told to
-    stop (the pattern of ``benchmarks._common.server_process``)."""
-    try:
-        from resilience.log import configure_logging
-        from resilience.transport.serving import Server
-
-        configure_logging("ERROR")
-        settings = bench_settings(SERVER_MIDDLEWARE=[], LOG_LEVEL="ERROR")
-        server = Server(settings, _apps(), "127.0.0.1:0")
-        server.start()
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
-    try:
-        conn.send(("ok", server.address))
-        conn.poll(SERVER_MAX_LIFETIME_S)
-    finally:
-        server.stop(grace=0)
-
-
-@contextlib.contextmanager
-def failing_server() -> Iterator[str]:
+def failing_server() -> contextlib.AbstractContextManager[str]:
     """The failing server in a spawned process on a loopback port; yields its address."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child,), name="bench-failing-server", daemon=True)
-    proc.start()
-    child.close()
-    try:
-        if not parent.poll(SERVER_START_TIMEOUT_S):
-            raise RuntimeError(f"benchmark server did not start in {SERVER_START_TIMEOUT_S:g}s")
-        try:
-            status, detail = parent.recv()
-        except EOFError:
-            status, detail = "error", f"the server process exited ({proc.exitcode})"
-        if status != "ok":
-            raise RuntimeError(f"benchmark server failed to start:\n{detail}")
-        yield detail
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        parent.close()
-        proc.join(10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
+    return server_process("sync", settings={"LOG_LEVEL": "ERROR"},
+                          servicer="benchmarks.retry_amplification.FailingServicer")
 
 
 # --- the client --------------------------------------------------------------------------
@@ -220,10 +157,7 @@ def run(
     plan = QUICK if quick else FULL
     began = time.perf_counter()
     results: dict[str, Any] = {
-        "benchmark": NAME,
-        "quick": quick,
-        "plan": dataclasses.asdict(plan),
-        "machine": machine(),
+        **header(NAME, quick, plan),
         "mode": "sync",
         "max_attempts": MAX_ATTEMPTS,
         "budget": {"max_tokens": 10.0, "token_ratio": 0.1},
@@ -233,10 +167,7 @@ def run(
         for budget in (True, False):
             for rate in RATES:
                 results["rows"].append(measure(address, rate, budget, plan))
-    results["elapsed_s"] = time.perf_counter() - began
-    record(results, RESULTS, quick, output)
-    report(results, stdout)
-    return results
+    return finish(results, began, RESULTS, report, quick, stdout, output)
 
 
 def report(results: dict[str, Any], stdout: TextIO | None) -> None:
@@ -261,13 +192,7 @@ def report(results: dict[str, Any], stdout: TextIO | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{NAME}",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--output", type=Path, help=f"JSON file (default: {RESULTS})")
-    args = parser.parse_args(argv)
-    run(quick=args.quick, output=args.output)
-    return 0
+    return cli(argv, NAME, __doc__, run, RESULTS)
 
 
 if __name__ == "__main__":
