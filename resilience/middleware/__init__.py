@@ -1,5 +1,6 @@
 """The built-in middleware, importable by short dotted path: ``resilience.middleware.Retry``."""
 
+from resilience.middleware.adaptive import AdaptiveLimit
 from resilience.middleware.breaker import CircuitBreaker
 from resilience.middleware.bulkhead import Bulkhead
 from resilience.middleware.concurrency import ConcurrencyLimit
@@ -12,6 +13,7 @@ from resilience.middleware.retry import Retry
 from resilience.middleware.timeout import Timeout
 
 __all__ = [
+    "AdaptiveLimit",
     "Bulkhead",
     "CircuitBreaker",
     "ConcurrencyLimit",
