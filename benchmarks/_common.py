@@ -52,6 +52,21 @@ SERVER_DEFAULTS: dict[str, Any] = {"SERVER_MIDDLEWARE": [], "LOG_LEVEL": "WARNIN
 
 ServerKind = Literal["sync", "aio"]
 
+@dataclasses.dataclass(frozen=True)
+class OverheadPlan:
+    """How much an overhead benchmark measures; every loop in it is bounded by these."""
+
+    warmup_calls: int
+    latency_rounds: int
+    latency_calls: int
+    inproc_number: int
+    inproc_repeat: int
+    throughput_rounds: int
+    throughput_seconds: float
+    throughput_workers: int  # threads (sync) or tasks (asyncio) calling at once
+    throughput_max_calls: int  # per worker per measurement, a bound besides the duration
+
+
 
 def bench_settings(**values: Any) -> Settings:
     """Settings built in code, over the documented defaults."""

@@ -25,7 +25,6 @@ is what is measured. Run with ``python -m benchmarks.aio_overhead [--quick]`` or
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import statistics
 import sys
@@ -47,6 +46,7 @@ from benchmarks._common import (
     METHOD,
     RESULTS_DIR,
     VALUE,
+    OverheadPlan,
     bench_settings,
     cli,
     finish,
@@ -81,31 +81,16 @@ Get = Callable[[cache_pb2.GetReq], Any]
 AGet = Callable[[cache_pb2.GetReq], Awaitable[Any]]
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """How much to measure; every loop in the benchmark is bounded by these numbers."""
-
-    warmup_calls: int
-    latency_rounds: int
-    latency_calls: int
-    inproc_number: int
-    inproc_repeat: int
-    throughput_rounds: int
-    throughput_seconds: float
-    throughput_tasks: int
-    throughput_max_calls: int  # per task per measurement, a bound besides the duration
-
-
-FULL = Plan(
+FULL = OverheadPlan(
     warmup_calls=500, latency_rounds=30, latency_calls=300,
     inproc_number=20_000, inproc_repeat=7,
-    throughput_rounds=20, throughput_seconds=0.5, throughput_tasks=64,
+    throughput_rounds=20, throughput_seconds=0.5, throughput_workers=64,
     throughput_max_calls=50_000,
 )
-QUICK = Plan(
+QUICK = OverheadPlan(
     warmup_calls=30, latency_rounds=2, latency_calls=20,
     inproc_number=1000, inproc_repeat=2,
-    throughput_rounds=1, throughput_seconds=0.2, throughput_tasks=64,
+    throughput_rounds=1, throughput_seconds=0.2, throughput_workers=64,
     throughput_max_calls=2000,
 )
 
@@ -197,7 +182,7 @@ def _on_loop(runner: asyncio.Runner, coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def measure_latency(
-    runner: asyncio.Runner, clients: Clients, request: cache_pb2.GetReq, plan: Plan
+    runner: asyncio.Runner, clients: Clients, request: cache_pb2.GetReq, plan: OverheadPlan
 ) -> dict[str, Any]:
     """Sequential calls, clients interleaved in short rounds; medians in microseconds.
 
@@ -282,7 +267,7 @@ async def _await_stub(get: AGet, request: Any, n: int) -> int:
 
 
 def measure_in_process(
-    runner: asyncio.Runner, settings: Settings, request: Any, plan: Plan
+    runner: asyncio.Runner, settings: Settings, request: Any, plan: OverheadPlan
 ) -> dict[str, Any]:
     """Nanoseconds per awaited call, best of ``inproc_repeat``, with no network at all."""
     response = cache_pb2.GetResp(value=VALUE)
@@ -356,11 +341,11 @@ async def _run_tasks(
 
 
 def measure_throughput(
-    runner: asyncio.Runner, clients: Clients, request: Any, plan: Plan
+    runner: asyncio.Runner, clients: Clients, request: Any, plan: OverheadPlan
 ) -> dict[str, Any]:
-    """Calls per second with ``throughput_tasks`` tasks sharing one channel per client."""
+    """Calls per second with ``throughput_workers`` tasks sharing one channel per client."""
     names = list(AIO_CLIENTS)
-    tasks, seconds = plan.throughput_tasks, plan.throughput_seconds
+    tasks, seconds = plan.throughput_workers, plan.throughput_seconds
     for name in names:  # warm up every client under concurrency
         _on_loop(runner, _run_tasks(clients.aio[name], request, tasks, min(0.2, seconds), 500))
     totals = {name: [0, 0, 0.0, 0.0] for name in names}

@@ -21,7 +21,6 @@ so the client process's cost is what is measured. Run with
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import statistics
 import sys
@@ -46,6 +45,7 @@ from benchmarks._common import (
     METHOD,
     RESULTS_DIR,
     VALUE,
+    OverheadPlan,
     bench_settings,
     cli,
     finish,
@@ -69,31 +69,16 @@ RESULTS = RESULTS_DIR / f"{NAME}.json"
 Get = Callable[[cache_pb2.GetReq], Any]
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """How much to measure; every loop in the benchmark is bounded by these numbers."""
-
-    warmup_calls: int
-    latency_rounds: int
-    latency_calls: int
-    inproc_number: int
-    inproc_repeat: int
-    throughput_rounds: int
-    throughput_seconds: float
-    throughput_threads: int
-    throughput_max_calls: int  # per thread per measurement, a bound besides the duration
-
-
-FULL = Plan(
+FULL = OverheadPlan(
     warmup_calls=1000, latency_rounds=30, latency_calls=300,
     inproc_number=20_000, inproc_repeat=7,
-    throughput_rounds=24, throughput_seconds=0.5, throughput_threads=16,
+    throughput_rounds=24, throughput_seconds=0.5, throughput_workers=16,
     throughput_max_calls=200_000,
 )
-QUICK = Plan(
+QUICK = OverheadPlan(
     warmup_calls=50, latency_rounds=3, latency_calls=30,
     inproc_number=1000, inproc_repeat=2,
-    throughput_rounds=1, throughput_seconds=0.2, throughput_threads=4,
+    throughput_rounds=1, throughput_seconds=0.2, throughput_workers=4,
     throughput_max_calls=5000,
 )
 
@@ -178,7 +163,9 @@ def _timed_calls(get: Get, request: cache_pb2.GetReq, n: int) -> list[int]:
     return samples
 
 
-def measure_latency(clients: Clients, request: cache_pb2.GetReq, plan: Plan) -> dict[str, Any]:
+def measure_latency(
+    clients: Clients, request: cache_pb2.GetReq, plan: OverheadPlan
+) -> dict[str, Any]:
     """Sequential calls, clients interleaved in short rounds; medians in microseconds."""
     names = list(clients.latency)
     for name in names:
@@ -239,7 +226,7 @@ class _ConstantChannel(grpc.Channel):
         pass
 
 
-def measure_in_process(settings: Settings, request: Any, plan: Plan) -> dict[str, Any]:
+def measure_in_process(settings: Settings, request: Any, plan: OverheadPlan) -> dict[str, Any]:
     """Nanoseconds per call, best of ``inproc_repeat``, with no network at all."""
     response = cache_pb2.GetResp(value=VALUE)
     resolver = ChainResolver(settings)
@@ -332,10 +319,10 @@ def _run_threads(get: Get, request: Any, threads: int, seconds: float, max_calls
     return sum(calls), sum(errors), max(ends) - start
 
 
-def measure_throughput(clients: Clients, request: Any, plan: Plan) -> dict[str, Any]:
-    """Calls per second with ``throughput_threads`` threads sharing one channel per client."""
+def measure_throughput(clients: Clients, request: Any, plan: OverheadPlan) -> dict[str, Any]:
+    """Calls per second with ``throughput_workers`` threads sharing one channel per client."""
     names = list(clients.throughput)
-    threads, seconds = plan.throughput_threads, plan.throughput_seconds
+    threads, seconds = plan.throughput_workers, plan.throughput_seconds
     for name in names:  # warm up every client under concurrency
         _run_threads(clients.throughput[name], request, threads, min(0.2, seconds), 2000)
     totals = {name: [0, 0, 0.0, 0.0] for name in names}
