@@ -48,8 +48,7 @@ import structlog
 from resilience.core.call import Call
 from resilience.core.errors import MiddlewareNotUsed, RpcStatusError, status_of
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
-from resilience.limits.retry_budget import RetryBudget, shared_budget
-from resilience.middleware.attempts import AttemptOptions
+from resilience.limits.retry_budget import RetryBudget, budget_problems, shared_budget
 from resilience.transport.client import CallOptions
 
 log = structlog.get_logger(__name__)
@@ -118,7 +117,7 @@ class Hedging(Middleware):
     async_capable = True
 
     @dataclasses.dataclass(frozen=True)
-    class Options(AttemptOptions):
+    class Options(MiddlewareOptions):
         max_attempts: int = option(
             3, "Attempts in all, counting the first (at most 5, as in gRFC A6); 1 turns "
             "hedging off.", ge=1,
@@ -132,14 +131,31 @@ class Hedging(Middleware):
             "Statuses after which the other attempts go on and the next hedge is sent at "
             "once; any other status ends the call.",
         )
+        budget: bool = option(
+            True,
+            "Draw hedges from the channel's retry budget (gRFC A6 retry throttling), shared "
+            "with Retry, so a failing server is not sent extra attempts.",
+        )
+        budget_max_tokens: float = option(
+            10.0, "Tokens in the channel's budget; hedges stop at half or below.", gt=0
+        )
+        budget_token_ratio: float = option(
+            0.1, "Tokens a success gives back; each non-fatal failure takes 1.", gt=0
+        )
+        non_idempotent: bool = option(
+            False,
+            "Hedge methods not marked idempotent too; otherwise Hedging leaves itself out "
+            "of their chains.",
+        )
 
         def validate(self) -> list[str]:
-            problems = super().validate()
+            problems = []
             if self.max_attempts > MAX_ATTEMPTS_LIMIT:
                 problems.append(
                     f"max_attempts {self.max_attempts} is above {MAX_ATTEMPTS_LIMIT} "
                     f"(gRFC A6's limit); use a value from 1 to {MAX_ATTEMPTS_LIMIT}"
                 )
+            problems += budget_problems(self.budget_max_tokens, self.budget_token_ratio)
             return problems
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:

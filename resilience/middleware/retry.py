@@ -48,8 +48,7 @@ from resilience.core.call import Call
 from resilience.core.errors import PUSHBACK_KEY, MiddlewareNotUsed, status_of
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
 from resilience.core.streams import end_early
-from resilience.limits.retry_budget import RetryBudget, shared_budget
-from resilience.middleware.attempts import AttemptOptions
+from resilience.limits.retry_budget import RetryBudget, budget_problems, shared_budget
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +85,7 @@ class Retry(Middleware):
     async_capable = True
 
     @dataclasses.dataclass(frozen=True)
-    class Options(AttemptOptions):
+    class Options(MiddlewareOptions):
         max_attempts: int = option(
             3, "Attempts in all, counting the first; 1 turns retrying off.", ge=1
         )
@@ -107,14 +106,31 @@ class Retry(Middleware):
             frozenset({grpc.StatusCode.UNAVAILABLE}),
             "Status codes worth another attempt; an empty list never retries.",
         )
+        non_idempotent: bool = option(
+            False,
+            "Retry methods not marked idempotent too; otherwise Retry leaves itself out of "
+            "their chains.",
+        )
+        budget: bool = option(
+            True,
+            "Draw retries from the channel's retry budget (gRFC A6 retry throttling), so a "
+            "failing server gets about one attempt per call instead of max_attempts.",
+        )
+        budget_max_tokens: float = option(
+            10.0, "Tokens in the channel's budget; retries stop at half or below.", gt=0
+        )
+        budget_token_ratio: float = option(
+            0.1, "Tokens a success gives back; each failed attempt takes 1.", gt=0
+        )
 
         def validate(self) -> list[str]:
-            problems = super().validate()
+            problems = []
             if self.max_backoff < self.initial_backoff:
                 problems.append(
                     f"max_backoff {self.max_backoff} is below initial_backoff "
                     f"{self.initial_backoff}; raise max_backoff"
                 )
+            problems += budget_problems(self.budget_max_tokens, self.budget_token_ratio)
             return problems
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
