@@ -13,5 +13,9 @@ if [ ! -x .venv/bin/python ]; then
     fi
     "$PYTHON" -m venv .venv
 fi
+if [ "${NEEDS_REDIS:-0}" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq redis-server >/dev/null
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[${EXTRAS:-dev}]"
