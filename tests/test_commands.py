@@ -17,6 +17,7 @@ COMMANDS = ["check", "genproto", "runclient", "runserver", "showchain"]
 GET = "cache.CacheService/Get"
 STORE = "cache.CacheService/Store"
 DUMP = "cache.CacheService/Dump"
+SERVER_STACK = ["Metrics", "RequestContext", "RequestLogging", "ConcurrencyLimit"]
 
 
 @pytest.fixture(autouse=True)
@@ -93,11 +94,12 @@ def test_check_in_process() -> None:
 def test_showchain_prints_every_chain_outermost_first() -> None:
     found = chains(showchain())
     assert set(found) == {(side, m) for side in ("client", "server") for m in (GET, STORE, DUMP)}
-    assert found[("client", GET)] == ["Retry", "Timeout", "CircuitBreaker"]
-    assert found[("client", DUMP)] == ["Retry", "Timeout", "CircuitBreaker"]
-    assert found[("client", STORE)] == ["Timeout"]
+    client = ["Metrics", "RequestContext", "Retry", "Timeout", "CircuitBreaker"]
+    assert found[("client", GET)] == client
+    assert found[("client", DUMP)] == client
+    assert found[("client", STORE)] == ["Metrics", "RequestContext", "Timeout"]
     for method in (GET, STORE, DUMP):
-        assert found[("server", method)] == ["RequestLogging", "ConcurrencyLimit"]
+        assert found[("server", method)] == SERVER_STACK
 
 
 def test_showchain_names_the_setting_and_options() -> None:
@@ -106,13 +108,15 @@ def test_showchain_names_the_setting_and_options() -> None:
     assert f"client {GET}  (from CLIENT_MIDDLEWARE)" in lines
     assert f'client {STORE}  (from CLIENT_METHOD_MIDDLEWARE."{STORE}")' in lines
     get = lines.index(f"client {GET}  (from CLIENT_MIDDLEWARE)")
-    assert lines[get + 1].startswith("  1. Retry (resilience.middleware.Retry) max_attempts=3,")
-    assert "retryable_codes=[UNAVAILABLE]" in lines[get + 1]
-    assert lines[get + 2] == "  2. Timeout (resilience.middleware.Timeout) seconds=1.0"
-    assert lines[get + 3].startswith("  3. CircuitBreaker (resilience.middleware.CircuitBreaker)")
+    assert lines[get + 1].startswith("  1. Metrics (resilience.middleware.Metrics)")
+    assert lines[get + 2].startswith("  2. RequestContext (resilience.middleware.RequestContext)")
+    assert lines[get + 3].startswith("  3. Retry (resilience.middleware.Retry) max_attempts=3,")
+    assert "retryable_codes=[UNAVAILABLE]" in lines[get + 3]
+    assert lines[get + 4] == "  4. Timeout (resilience.middleware.Timeout) seconds=1.0"
+    assert lines[get + 5].startswith("  5. CircuitBreaker (resilience.middleware.CircuitBreaker)")
     store = lines.index(f'client {STORE}  (from CLIENT_METHOD_MIDDLEWARE."{STORE}")')
-    assert lines[store + 1] == "  1. Timeout (resilience.middleware.Timeout) seconds=1.0"
-    assert lines[store + 2] == ""
+    assert lines[store + 3] == "  3. Timeout (resilience.middleware.Timeout) seconds=1.0"
+    assert lines[store + 4] == ""
 
 
 def test_showchain_side_filter() -> None:
@@ -124,11 +128,11 @@ def test_showchain_side_filter() -> None:
 
 def test_showchain_method_filter() -> None:
     assert chains(showchain(STORE)) == {
-        ("client", STORE): ["Timeout"],
-        ("server", STORE): ["RequestLogging", "ConcurrencyLimit"],
+        ("client", STORE): ["Metrics", "RequestContext", "Timeout"],
+        ("server", STORE): SERVER_STACK,
     }
     assert chains(showchain("--side", "client", GET)) == {
-        ("client", GET): ["Retry", "Timeout", "CircuitBreaker"],
+        ("client", GET): ["Metrics", "RequestContext", "Retry", "Timeout", "CircuitBreaker"],
     }
 
 

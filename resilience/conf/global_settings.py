@@ -71,6 +71,66 @@ class GlobalSettings:
     LOG_FORMAT: Literal["console", "json"] = option(
         "console", "'console' for people, 'json' for log pipelines."
     )
+    # TLS and mutual TLS (file paths belong in settings/.secrets.toml).
+    TLS_CERT_FILE: str = option("", "Server certificate chain (PEM); with TLS_KEY_FILE, serve TLS.")
+    TLS_KEY_FILE: str = option("", "Server private key (PEM).")
+    TLS_CLIENT_CA_FILE: str = option(
+        "", "CA certificates (PEM) that client certificates are verified against."
+    )
+    TLS_REQUIRE_CLIENT_CERT: bool = option(
+        False, "Mutual TLS: refuse clients without a certificate signed by TLS_CLIENT_CA_FILE."
+    )
+    CLIENT_TLS: bool = option(
+        False, "Connect with TLS even without CLIENT_TLS_* files (trusting the system's CAs)."
+    )
+    CLIENT_TLS_CA_FILE: str = option(
+        "", "CA certificates (PEM) that verify the server; empty trusts the system's CAs."
+    )
+    CLIENT_TLS_CERT_FILE: str = option("", "Client certificate chain (PEM) for mutual TLS.")
+    CLIENT_TLS_KEY_FILE: str = option("", "Client private key (PEM) for mutual TLS.")
+    CLIENT_TLS_SERVER_NAME: str = option(
+        "", "Name the server's certificate must carry, when the target does not (an IP)."
+    )
+    ALLOW_PLAINTEXT: bool = option(
+        True, "Allow serving and connecting without TLS; false refuses plaintext."
+    )
+    METRICS_ENABLED: bool = option(
+        True,
+        "Export Prometheus metrics; false: no metrics endpoint, no collectors, and the "
+        "Metrics middleware leaves every chain.",
+    )
+    METRICS_SERVER_ADDRESS: str = option(
+        "127.0.0.1:9464", "Where runserver serves /metrics (HOST:PORT; port 0 picks one)."
+    )
+    METRICS_CLIENT_ADDRESS: str = option(
+        "127.0.0.1:9465",
+        "Where runclient load serves /metrics while it runs (HOST:PORT; port 0 picks one).",
+    )
+    HEALTH_SATURATION_SECONDS: float = option(
+        0.0,
+        "Report NOT_SERVING for the server ('') while its ConcurrencyLimit or AdaptiveLimit "
+        "has been full for longer than this many seconds; 0 turns it off.",
+        ge=0,
+    )
+    REDIS_URL: str = option(
+        "", "Redis for state shared by replicas (redis://HOST:PORT/DB); '' = none. Used by "
+            "middleware with storage = 'redis'."
+    )
+    REDIS_MAX_CONNECTIONS: int = option(
+        50, "Connections per process (per event loop under asyncio) to REDIS_URL.", ge=1
+    )
+    REDIS_TIMEOUT: float = option(
+        0.05, "Seconds a Redis connect or command may take before the call falls back "
+              "(redis_unavailable); keep it well under your deadlines.", gt=0
+    )
+    REDIS_KEY_PREFIX: str = option(
+        "resilience", "Prefix of every Redis key, so that several deployments can share one "
+                      "Redis."
+    )
+    REDIS_RETRY_INTERVAL: float = option(
+        1.0, "Seconds after a Redis failure before Redis is tried again; meanwhile calls "
+             "use the fallback at no cost.", gt=0
+    )
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

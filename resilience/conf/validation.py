@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
 from resilience.apps.registry import Apps, load_apps
 from resilience.checks import CheckMessage, error, unique, warning
 from resilience.conf.chains import ChainResolver, lookup, service_of
 from resilience.conf.global_settings import SETTING_NAMES
 from resilience.conf.settings import Settings
 from resilience.core.errors import ImproperlyConfigured
+from resilience.distributed.checks import redis_problems
+from resilience.protos import app_protos, stale
+from resilience.transport.credentials import (
+    channel_credentials,
+    client_tls_enabled,
+    plaintext_refusal,
+    server_credentials,
+    server_tls_enabled,
+)
 
 
 def _setting_problems(settings: Settings) -> list[CheckMessage]:
@@ -100,6 +114,31 @@ def _unused_options(settings: Settings, used: dict[str, set[str]]) -> list[Check
     return messages
 
 
+# Apps and their generated code (resilience.E050-E059, W050-W059).
+def _app_code_problems(settings: Settings, apps: Apps, methods: set[str]) -> list[CheckMessage]:
+    """IDEMPOTENT_METHODS must name served methods, as the CLIENT_METHOD_* keys must (a typo
+    there silently stops Retry); an app's stubs must not be older than its protos."""
+    services = {service_of(m) for m in methods}
+    messages = [
+        error("resilience.E050", "IDEMPOTENT_METHODS",
+              f"'{key}' names no method or service of an installed app",
+              f"use 'package.Service/Method' or 'package.Service'; known methods: "
+              f"{', '.join(sorted(methods)) or 'none'}")
+        for key in settings.IDEMPOTENT_METHODS
+        if key not in methods and key not in services
+    ]
+    for config in apps.configs:
+        app_dir = Path(sys.modules[type(config).__module__].__file__ or "").parent
+        messages += [
+            warning("resilience.W050", "INSTALLED_APPS",
+                    f"app '{config.name}': the code generated from {proto.name} is out of "
+                    f"date: {problem}",
+                    f"run 'python manage.py genproto {config.name}'")
+            for proto, problem in stale(app_protos(app_dir))
+        ]
+    return messages
+
+
 def run_checks(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
     """Check everything; return the apps (if they loaded) and every message, errors first."""
     messages = _setting_problems(settings)
@@ -113,6 +152,102 @@ def run_checks(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
                 resolver.resolve(side, method)
         messages += resolver.problems + _method_keys(settings, set(methods))
         messages += _unused_options(settings, resolver.listed)
+        messages += redis_problems(settings, methods)
+        messages += _app_code_problems(settings, apps, set(methods))
     messages = unique(messages)
     messages.sort(key=lambda m: not m.is_error)
     return apps, messages
+
+
+# TLS and authentication (resilience.E030-E039, W030-W039).
+def _tls_problems(settings: Settings, side: str) -> list[CheckMessage]:
+    """Plaintext that ALLOW_PLAINTEXT forbids (E030 server, E031 client), and TLS settings
+    that cannot work (E032)."""
+    secure = server_tls_enabled(settings) if side == "server" else client_tls_enabled(settings)
+    if not secure and not settings.ALLOW_PLAINTEXT:
+        what = (
+            "TLS_CERT_FILE and TLS_KEY_FILE" if side == "server"
+            else "CLIENT_TLS_CA_FILE (or CLIENT_TLS = true to trust the system's CAs)"
+        )
+        return [error(
+            "resilience.E030" if side == "server" else "resilience.E031", "ALLOW_PLAINTEXT",
+            plaintext_refusal(side),
+            f"set {what} in settings/.secrets.toml (see settings/.secrets.toml.example), "
+            f"or set ALLOW_PLAINTEXT = true for this environment",
+        )]
+    try:
+        (server_credentials if side == "server" else channel_credentials)(settings)
+    except ImproperlyConfigured as exc:
+        setting = str(exc).partition(" ")[0]
+        return [error("resilience.E032", setting, str(exc).removeprefix(f"{setting} "),
+                      "fix the TLS settings (see the README's 'TLS and authentication')")]
+    return []
+
+
+def _lists_middleware(chains: Iterable[Iterable[str]], name: str) -> bool:
+    return any(path.rpartition(".")[2] == name for chain in chains for path in chain)
+
+
+def _binds_beyond_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a hostname, or empty: any interface
+        return True
+
+
+def _auth_problems(settings: Settings, deploy: bool) -> list[CheckMessage]:
+    """TokenAuth peers that mTLS never presents (W033, always); with ``deploy``, servers open
+    beyond loopback without TLS (W030), TLS servers anyone may call (W031) and tokens sent
+    in plaintext (W032)."""
+    messages = []
+    token_auth = _lists_middleware([settings.SERVER_MIDDLEWARE], "TokenAuth")
+    peers = (lookup(settings.SERVER_OPTIONS, "TokenAuth") or {}).get("peers")
+    if token_auth and peers and not settings.TLS_REQUIRE_CLIENT_CERT:
+        messages.append(warning(
+            "resilience.W033", "SERVER_OPTIONS.TokenAuth.peers",
+            "lists mTLS identities, but TLS_REQUIRE_CLIENT_CERT is false, so clients are "
+            "never asked for a certificate and no peer can match",
+            "set TLS_REQUIRE_CLIENT_CERT = true with TLS_CLIENT_CA_FILE, or remove 'peers'",
+        ))
+    if not deploy:
+        return messages
+    server_tls = server_tls_enabled(settings)
+    if not server_tls and _binds_beyond_loopback(settings.SERVER_ADDRESS):
+        messages.append(warning(
+            "resilience.W030", "SERVER_ADDRESS",
+            f"'{settings.SERVER_ADDRESS}' accepts connections beyond this machine, without "
+            f"TLS: calls, and any tokens in them, cross the network in plaintext",
+            "set TLS_CERT_FILE and TLS_KEY_FILE (in settings/.secrets.toml), or bind to "
+            "127.0.0.1 behind a proxy that terminates TLS",
+        ))
+    if server_tls and not settings.TLS_REQUIRE_CLIENT_CERT and not token_auth:
+        messages.append(warning(
+            "resilience.W031", "SERVER_MIDDLEWARE",
+            "the server uses TLS but authenticates nobody: client certificates are not "
+            "required and TokenAuth is not in SERVER_MIDDLEWARE, so anyone who reaches "
+            "the port may call every method",
+            "add 'resilience.middleware.TokenAuth' to SERVER_MIDDLEWARE, or require client "
+            "certificates (TLS_REQUIRE_CLIENT_CERT = true with TLS_CLIENT_CA_FILE)",
+        ))
+    client_chains = [settings.CLIENT_MIDDLEWARE, *settings.CLIENT_METHOD_MIDDLEWARE.values()]
+    if _lists_middleware(client_chains, "BearerToken") and not client_tls_enabled(settings):
+        messages.append(warning(
+            "resilience.W032", "CLIENT_MIDDLEWARE",
+            "BearerToken sends its token, but channels connect without TLS, so the token "
+            "crosses the network in plaintext",
+            "set CLIENT_TLS_CA_FILE (or CLIENT_TLS = true to trust the system's CAs)",
+        ))
+    return messages
+
+
+def security_checks(
+    settings: Settings, sides: Iterable[str] = ("server", "client"), *, deploy: bool = False
+) -> list[CheckMessage]:
+    """TLS and authentication checks for the given sides, errors first; ``deploy`` adds
+    the deployment warnings (``check --deploy``, and always in production)."""
+    messages = [m for side in sides for m in _tls_problems(settings, side)]
+    messages += _auth_problems(settings, deploy)
+    return sorted(unique(messages), key=lambda m: not m.is_error)

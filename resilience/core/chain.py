@@ -10,6 +10,7 @@ from resilience.core.adapters import adapt_sync
 from resilience.core.call import CallKind, Side
 from resilience.core.errors import ImproperlyConfigured, MiddlewareNotUsed
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions
+from resilience.metrics.recorder import NULL_RECORDER, NullRecorder, Recorder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,17 +34,21 @@ def build_chain(
     target: str = "",
     is_async: bool = False,
     idempotent: bool = False,
+    metrics: Recorder | NullRecorder = NULL_RECORDER,
 ) -> tuple[Handler, list[Middleware]]:
     """Wrap ``terminal`` inside-out, so the first spec is outermost and called first.
 
     In an asyncio chain each middleware contributes its ``acall``, or, if it is sync-only,
     an adapter that runs it in a worker thread. Returns the handler and the middleware
-    instances that took part, outermost first.
+    instances that took part, outermost first. ``metrics`` is the method's recorder on
+    this side, handed to every middleware in ``ChainInfo.metrics``.
     """
     handler = terminal
     used: list[Middleware] = []
     for spec in reversed(specs):
-        info = ChainInfo(method, kind, side, spec.name, shared, target, is_async, idempotent)
+        info = ChainInfo(
+            method, kind, side, spec.name, shared, target, is_async, idempotent, metrics
+        )
         factory = spec.factory
         if not (factory.sync_capable or (is_async and factory.async_capable)):
             mode = "asyncio" if is_async else "sync"
@@ -53,7 +58,9 @@ def build_chain(
                 handler, instance = adapt_sync(factory, handler, spec.options, info)
             else:
                 instance = factory(handler, spec.options, info)
-                handler = instance.acall if is_async else instance
+                # The bound method, not the instance: calling an instance goes through its
+                # type's __call__ slot on every call, a bound method does not.
+                handler = instance.acall if is_async else instance.__call__
         except MiddlewareNotUsed:
             continue
         used.append(instance)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from resilience.core.call import Call, CallKind, Side
+from resilience.metrics.recorder import NULL_RECORDER, NullRecorder, Recorder
 
 Handler = Callable[[Call], Any]
 
@@ -27,6 +28,8 @@ class ChainInfo:
     runs on grpc.aio, so ``__init__`` can prepare the path that will be used.
     ``idempotent`` says whether the method may safely run more than once (its proto's
     ``idempotency_level``, or the IDEMPOTENT_METHODS setting), for Retry and Hedging.
+    ``metrics`` records this method's events on this side (``NULL_RECORDER`` when metrics
+    are off); it is made with the chain, so a middleware calls it without labels.
     """
 
     method: str
@@ -37,6 +40,7 @@ class ChainInfo:
     target: str = ""
     is_async: bool = False
     idempotent: bool = False
+    metrics: Recorder | NullRecorder = NULL_RECORDER
 
 
 def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None) -> Any:

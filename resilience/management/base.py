@@ -44,11 +44,14 @@ class CommandError(Exception):
 class BaseCommand:
     """Subclass as ``Command`` in ``<app>/management/commands/<name>.py``.
 
-    ``requires_checks`` makes the command refuse to start while ``check`` finds errors.
+    ``requires_checks`` makes the command refuse to start while ``check`` finds errors;
+    ``requires_settings = False`` runs it without loading settings (``startproject`` runs
+    where there are none yet).
     """
 
     help = ""
     requires_checks = False
+    requires_settings = True
 
     def __init__(self, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
         self.stdout = stdout or sys.stdout
@@ -78,6 +81,8 @@ class BaseCommand:
 
     def execute(self, **options: Any) -> int:
         """Load settings, run checks if required, then ``handle``; return the exit status."""
+        if not self.requires_settings:
+            return self.handle(**options) or 0
         try:
             self.settings = load_settings(options.get("settings"), options.get("env"))
         except ImproperlyConfigured as exc:

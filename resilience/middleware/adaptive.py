@@ -200,6 +200,7 @@ class AdaptiveLimit(Middleware):
             scope = f"method {info.method}"
             limiter = self._limiter(scope)
         self.limiter: Limiter = limiter
+        info.metrics.watch_limiter(info.name, lambda: limiter.limit, lambda: limiter.inflight)
         self._scope = scope
         self._partition = info.method if info.method in partitions else None
         self._code = grpc.StatusCode[opts.reject_code]
@@ -280,6 +281,7 @@ class AdaptiveLimit(Middleware):
         return AsyncSampledStream(responses, token)
 
     def _rejection(self) -> RpcStatusError:
+        self.info.metrics.rejected("adaptive_limit")
         limiter = self.limiter
         return RpcStatusError(
             self._code,

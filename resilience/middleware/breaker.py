@@ -34,7 +34,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import grpc
 import pybreaker
@@ -116,9 +116,36 @@ class CircuitBreaker(Middleware):
             "used instead of raising when the breaker is open or a call fails with a "
             "failure code.",
         )
+        storage: Literal["local", "redis"] = option(
+            "local",
+            "'local': one breaker per method per channel in this process; 'redis': one "
+            "breaker per target (or name) and method shared by every process through "
+            "REDIS_URL.",
+        )
+        redis_unavailable: Literal["fail_open", "fail_closed"] = option(
+            "fail_open",
+            "storage = 'redis' only: while Redis cannot be reached, 'fail_open' uses this "
+            "process's local breaker; 'fail_closed' fails every call with UNAVAILABLE.",
+        )
+        state_cache_seconds: float = option(
+            0.1,
+            "storage = 'redis' only: how long this process trusts the shared state it last "
+            "saw; a breaker opened elsewhere is seen within this (plus one round trip).",
+            ge=0,
+        )
+        name: str = option(
+            "",
+            "storage = 'redis' only: shared breakers are keyed by this instead of the "
+            "channel's target, for clients that reach one service by different addresses.",
+        )
 
         def validate(self) -> list[str]:
             problems = []
+            if self.storage == "local" and self.name:
+                problems.append(
+                    f"option 'name' is {self.name!r} but storage is 'local', where it is "
+                    "ignored; set storage = 'redis' or remove name"
+                )
             forbidden = self.failure_codes & NEVER_FAILURES
             if forbidden:
                 names = ", ".join(sorted(code.name for code in forbidden))
@@ -146,6 +173,15 @@ class CircuitBreaker(Middleware):
 
     options: Options
 
+    def __new__(cls, handler: Handler, options: MiddlewareOptions, info: ChainInfo
+                ) -> CircuitBreaker:
+        """storage = 'redis' builds the shared breaker instead, chosen once per chain."""
+        if cls is CircuitBreaker and getattr(options, "storage", "local") == "redis":
+            from resilience.distributed.shared_breaker import RedisCircuitBreaker
+
+            cls = RedisCircuitBreaker
+        return super().__new__(cls)
+
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
         super().__init__(handler, options, info)
         self.breaker = pybreaker.CircuitBreaker(
@@ -159,6 +195,7 @@ class CircuitBreaker(Middleware):
         # Shared with pybreaker so that breaker.open()/close() from outside stay atomic
         # with admission and recording.
         self._lock = self.breaker._lock
+        info.metrics.watch_breaker(self.breaker)
         self._storage = self.breaker._state_storage
         self._failure_codes = self.options.failure_codes
         self._fallback: Callable[[Any, BaseException], Any] | None = (
@@ -344,4 +381,5 @@ class CircuitBreaker(Middleware):
         return status_of(exc) not in self._failure_codes
 
     def _rejection(self) -> BreakerOpenError:
+        self.info.metrics.rejected("breaker_open")
         return BreakerOpenError(grpc.StatusCode.UNAVAILABLE, self._open_message, retryable=False)

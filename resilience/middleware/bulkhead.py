@@ -190,6 +190,9 @@ class Bulkhead(Middleware):
             key, Compartment(group, opts.limit_of(group), threads, info.is_async)
         )
         self._semaphore = self.compartment.semaphore
+        compartment = self.compartment
+        info.metrics.watch_limiter(f"{info.name}:{group}", lambda: compartment.limit,
+                                   lambda: compartment.in_flight)
         self._executor = self.compartment.executor
         self._max_wait = opts.max_wait
         self._streaming = info.kind.response_streaming
@@ -313,6 +316,7 @@ class Bulkhead(Middleware):
         return min(self._max_wait, call.deadline - time.monotonic())
 
     def _rejection(self, waited: float) -> RpcStatusError:
+        self.info.metrics.rejected("bulkhead")
         compartment = self.compartment
         after = f" after waiting {waited:.3g}s" if waited > 0 else ""
         return RpcStatusError(

@@ -74,6 +74,8 @@ class ConcurrencyLimit(Middleware):
             self._slots = _Slots(limit)
             scope = f"method {info.method}"
         self._scope = scope
+        slots = self._slots
+        info.metrics.watch_limiter(info.name, lambda: slots.limit, lambda: slots.in_flight)
         self._streaming = info.kind.response_streaming
         # Only a server's context says when the RPC ends; a client's carries call options.
         self._server = info.side == "server"
@@ -153,6 +155,7 @@ class ConcurrencyLimit(Middleware):
         lock.release()
 
     def _rejection(self) -> RpcStatusError:
+        self.info.metrics.rejected("throttle")
         return RpcStatusError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"concurrency limit reached: {self._slots.limit} calls in flight for "

@@ -208,6 +208,7 @@ class Fallback(Middleware):
         return status_of(error) in self._codes
 
     def _served(self, error: grpc.RpcError) -> None:
+        self.info.metrics.fallback()
         log.warning("fallback_served", method=self._method, code=status_of(error).name)
 
     async def _aserve(self, request: Any, error: grpc.RpcError) -> Any:

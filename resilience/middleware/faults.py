@@ -180,7 +180,8 @@ class FaultInjection(Middleware):
         return self.decider.decide(abort, delay)
 
     def _announce(self, call: Call, fault: Fault) -> None:
-        """The one log line of a faulted call, written before the fault takes effect."""
+        """The one log line (and count) of a faulted call, before the fault takes effect."""
+        self.info.metrics.fault(fault.kind)
         log.info(
             "fault_injected",
             side=self.info.side,

@@ -49,6 +49,7 @@ from resilience.core.call import Call
 from resilience.core.errors import MiddlewareNotUsed, RpcStatusError, status_of
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
 from resilience.limits.retry_budget import RetryBudget, budget_problems, shared_budget
+from resilience.middleware.context import rebind_attempt
 from resilience.transport.client import CallOptions
 
 log = structlog.get_logger(__name__)
@@ -219,6 +220,7 @@ class Hedging(Middleware):
             return False
         with self._count_lock:
             self.hedges += 1
+        self.info.metrics.hedge()
         log.debug("hedge_sent", method=call.method, attempt=sent + 1, reason=reason,
                   after_ms=round((now - started) * 1000, 1))
         return True
@@ -310,6 +312,7 @@ class Hedging(Middleware):
 
     def _run(self, call: Call, attempt: _SyncAttempt,
              outcomes: queue.SimpleQueue[tuple[_SyncAttempt, bool, Any]]) -> None:
+        rebind_attempt(call.attempt)  # in this attempt's own copy of the context
         try:
             response = self.handler(call)
         except Exception as exc:  # handed to the caller's thread, which decides
@@ -369,6 +372,7 @@ class Hedging(Middleware):
         return task
 
     async def _aattempt(self, call: Call) -> Any:
+        rebind_attempt(call.attempt)  # the task runs in its own copy of the context
         return await self.handler(call)
 
 

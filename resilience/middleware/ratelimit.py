@@ -65,6 +65,16 @@ class RateLimit(Middleware):
             False, "Client only: wait for a token (never past the deadline) instead of "
                    "failing at once."
         )
+        storage: Literal["local", "redis"] = option(
+            "local",
+            "'local': buckets in this process; 'redis': one bucket per scope shared by "
+            "every replica through REDIS_URL (one Redis round trip per call).",
+        )
+        redis_unavailable: Literal["fail_open", "fail_closed"] = option(
+            "fail_open",
+            "storage = 'redis' only: while Redis cannot be reached, 'fail_open' admits "
+            "through this process's local bucket; 'fail_closed' rejects with UNAVAILABLE.",
+        )
 
         def validate(self) -> list[str]:
             problems = []
@@ -84,6 +94,15 @@ class RateLimit(Middleware):
                     f"metadata keys in lower case; write {self.metadata_key.lower()!r}"
                 )
             return problems
+
+    def __new__(cls, handler: Handler, options: MiddlewareOptions, info: ChainInfo
+                ) -> RateLimit:
+        """storage = 'redis' builds the shared limit instead, chosen once per chain."""
+        if cls is RateLimit and getattr(options, "storage", "local") == "redis":
+            from resilience.distributed.shared_ratelimit import RedisRateLimit
+
+            cls = RedisRateLimit
+        return super().__new__(cls)
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
         super().__init__(handler, options, info)
@@ -200,6 +219,7 @@ class RateLimit(Middleware):
         return None
 
     def _rejection(self, wait: float, value: Any, why: str = "") -> RpcStatusError:
+        self.info.metrics.rejected("rate_limit")
         ms = max(1, math.ceil(wait * 1000))
         anonymous = self.keyed is not None and value is None
         scope = self._anonymous_scope if anonymous else self._scope

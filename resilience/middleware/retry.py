@@ -49,6 +49,7 @@ from resilience.core.errors import PUSHBACK_KEY, MiddlewareNotUsed, status_of
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
 from resilience.core.streams import end_early
 from resilience.limits.retry_budget import RetryBudget, budget_problems, shared_budget
+from resilience.middleware.context import rebind_attempt
 
 log = structlog.get_logger(__name__)
 
@@ -298,6 +299,7 @@ class Retry(Middleware):
             raise error
         with self._count_lock:
             self.retries += 1
+        self.info.metrics.retry()
         log.warning(
             "retrying",
             method=call.method,
@@ -306,6 +308,7 @@ class Retry(Middleware):
             backoff_ms=round(delay * 1000, 1),
             **({"pushback": True} if pushback is not None else {}),
         )
+        rebind_attempt(attempt + 1)  # the next attempt's lines, if a RequestContext binds
         return delay
 
     def _throttle(self, call: Call, code: grpc.StatusCode) -> None:

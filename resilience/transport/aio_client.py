@@ -21,9 +21,11 @@ from resilience.transport.client import (
     CallOptions,
     ChainedChannel,
     ChainMultiCallable,
+    attempt_metadata,
     call_kwargs,
     remaining_timeout,
 )
+from resilience.transport.credentials import channel_credentials, channel_options
 
 
 def _terminal(inner: Any, kind: CallKind) -> Handler:
@@ -44,7 +46,8 @@ def _terminal(inner: Any, kind: CallKind) -> Handler:
     async def unary(call: Call) -> Any:
         if call.context is None:  # no call options: skip building a kwargs dict
             return await inner(
-                call.request, timeout=remaining_timeout(call), metadata=call.metadata or None
+                call.request, timeout=remaining_timeout(call),
+                metadata=(call.metadata or None) if call.attempt == 1 else attempt_metadata(call),
             )
         return await inner(call.request, **call_kwargs(call))
 
@@ -108,7 +111,13 @@ def aio_connect(
     credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> AioResilientChannel:
-    """Open a grpc.aio channel to ``target`` whose methods run through async client chains."""
+    """Open a grpc.aio channel to ``target`` whose methods run through async client chains.
+
+    Without ``credentials`` the channel uses TLS as the CLIENT_TLS_* settings say.
+    """
+    if credentials is None:  # from the CLIENT_TLS_* settings; None is plaintext
+        credentials = channel_credentials(settings)
+        options = [*channel_options(settings), *options]
     all_options = [*CHANNEL_OPTIONS, *options]
     if credentials is None:
         channel = grpc.aio.insecure_channel(target, options=all_options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc.aio
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,6 +14,8 @@ from resilience.conf.chains import ChainResolver
 from resilience.conf.settings import Settings
 from resilience.core.errors import ImproperlyConfigured
 from resilience.transport.aio_server import AioChainInterceptor, require_async
+from resilience.transport.credentials import server_credentials
+from resilience.transport.health import AioSaturationMonitor, stack_limiters
 from resilience.transport.serving import listen
 
 log = structlog.get_logger(__name__)
@@ -44,17 +48,38 @@ class AioServer:
         reflection.enable_server_reflection(
             [*self.names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc_server
         )
-        self.port, self.address = listen(self.grpc_server, address, self.interceptor)
+        self.port, self.address = listen(
+            self.grpc_server, address, self.interceptor, server_credentials(settings)
+        )
 
     async def start(self) -> None:
         for name in self.names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.grpc_server.start()
+        if seconds := self.settings.HEALTH_SATURATION_SECONDS:
+            self.saturation = AioSaturationMonitor(
+                seconds, self.limiters, self._report_saturation
+            )
+            self.saturation.start()
         log.info("server_started", address=self.address, env=self.settings.env, asyncio=True)
+
+    #: The HEALTH_SATURATION_SECONDS monitor, while the server runs with one.
+    saturation: AioSaturationMonitor | None = None
+
+    def limiters(self) -> list[Any]:
+        """The server stack's ConcurrencyLimit and AdaptiveLimit instances built so far
+        (a method's stack is built on its first call): what the saturation monitor reads."""
+        return stack_limiters(self.interceptor.middleware)
+
+    async def _report_saturation(self, overloaded: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        await self.health.set("", status.NOT_SERVING if overloaded else status.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING first, so balancers drain, then let in-flight calls finish."""
         grace = self.settings.SERVER_GRACE_PERIOD if grace is None else grace
+        if self.saturation is not None:
+            await self.saturation.stop()
         await self.health.enter_graceful_shutdown()
         log.info("server_draining", grace_s=grace)
         await self.grpc_server.stop(grace)

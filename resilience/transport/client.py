@@ -8,8 +8,8 @@ else. Code that calls a stub does not change.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
+from time import monotonic
 from typing import Any, ClassVar
 
 import grpc
@@ -19,10 +19,21 @@ from resilience.core.call import Call, CallKind
 from resilience.core.chain import build_chain
 from resilience.core.errors import ImproperlyConfigured, RpcStatusError
 from resilience.core.middleware import Handler, Middleware
+from resilience.metrics.recorder import recorder_for
+from resilience.transport.credentials import channel_credentials, channel_options
 
 # grpcio retries transparently by default; ours would multiply with them, so every channel
 # the framework builds turns them off and leaves retrying to the Retry middleware.
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.enable_retries", 0),)
+
+#: Metadata the terminal adds to every attempt after the first (Retry, Hedging), so that a
+#: server's RequestContext can log which attempt it is serving. The first attempt has none.
+ATTEMPT_KEY = "x-resilience-attempt"
+
+
+def attempt_metadata(call: Call) -> tuple[tuple[str, str | bytes], ...]:
+    """The metadata of a repeated attempt: the call's, plus its attempt number."""
+    return (*call.metadata, (ATTEMPT_KEY, str(call.attempt)))
 
 
 def normalise_method(method: str | bytes) -> str:
@@ -68,7 +79,7 @@ def remaining_timeout(call: Call) -> float | None:
     """
     if call.deadline is None:
         return None
-    remaining = call.deadline - time.monotonic()
+    remaining = call.deadline - monotonic()
     if remaining <= 0:
         raise RpcStatusError(
             grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -80,7 +91,8 @@ def remaining_timeout(call: Call) -> float | None:
 def call_kwargs(call: Call) -> dict[str, Any]:
     """The grpc keyword arguments of one attempt: its timeout, metadata and call options."""
     kwargs: dict[str, Any] = {
-        "timeout": remaining_timeout(call), "metadata": call.metadata or None,
+        "timeout": remaining_timeout(call),
+        "metadata": (call.metadata or None) if call.attempt == 1 else attempt_metadata(call),
     }
     opts: CallOptions | None = call.context
     if opts is not None:
@@ -97,7 +109,8 @@ def _terminal(inner: Any) -> Handler:
         opts: CallOptions | None = call.context
         if opts is None:
             return inner(
-                call.request, timeout=remaining_timeout(call), metadata=call.metadata or None
+                call.request, timeout=remaining_timeout(call),
+                metadata=(call.metadata or None) if call.attempt == 1 else attempt_metadata(call),
             )
         if opts.on_start is not None:
             return _cancellable(inner, call, opts)
@@ -146,13 +159,12 @@ class ChainMultiCallable:
         metadata: Sequence[tuple[str, str | bytes]] | None,
         options: CallOptions | None,
     ) -> Call:
-        call = Call(self._method, self._kind, "client", request)
-        if metadata:
-            call.metadata = tuple(metadata)
-        if timeout is not None:
-            call.deadline = time.monotonic() + timeout
-        call.context = options
-        return call
+        return Call(
+            self._method, self._kind, "client", request,
+            metadata=tuple(metadata) if metadata else (),
+            deadline=None if timeout is None else monotonic() + timeout,
+            context=options,
+        )
 
     def __call__(
         self,
@@ -166,7 +178,13 @@ class ChainMultiCallable:
         options = None
         if credentials is not None or wait_for_ready is not None or compression is not None:
             options = CallOptions(credentials, wait_for_ready, compression)
-        return self._chain(self._call(request, timeout, metadata, options))
+        # Built here rather than through _call: one Python frame less on every call.
+        return self._chain(Call(
+            self._method, self._kind, "client", request,
+            metadata=tuple(metadata) if metadata else (),
+            deadline=None if timeout is None else monotonic() + timeout,
+            context=options,
+        ))
 
 
 class _MultiCallable(ChainMultiCallable):
@@ -229,7 +247,8 @@ class ChainedChannel:
         self._channel = channel
         self._resolver = resolver
         self._target = target
-        self._shared: dict[str, Any] = {}
+        # The settings, for middleware that need more than their options (REDIS_URL).
+        self._shared: dict[str, Any] = {"settings": resolver.settings}
         self._lock = threading.Lock()
         self._built: dict[tuple[str, CallKind], ChainMultiCallable] = {}
         self.middleware: dict[str, list[Middleware]] = {}
@@ -254,6 +273,7 @@ class ChainedChannel:
                     side="client", shared=self._shared, target=self._target,
                     is_async=self.is_async,
                     idempotent=self._resolver.is_idempotent(name),
+                    metrics=recorder_for(self._resolver.settings, "client", name),
                 )
                 built = self.multicallable(name, kind, chain)
                 self._built[(name, kind)] = built
@@ -298,7 +318,13 @@ def connect(
     credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> ResilientChannel:
-    """Open a channel to ``target`` whose methods run through the settings' client chains."""
+    """Open a channel to ``target`` whose methods run through the settings' client chains.
+
+    Without ``credentials`` the channel uses TLS as the CLIENT_TLS_* settings say.
+    """
+    if credentials is None:  # from the CLIENT_TLS_* settings; None is plaintext
+        credentials = channel_credentials(settings)
+        options = [*channel_options(settings), *options]
     all_options = [*CHANNEL_OPTIONS, *options]
     if credentials is None:
         channel = grpc.insecure_channel(target, options=all_options)

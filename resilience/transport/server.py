@@ -19,6 +19,7 @@ from resilience.core.call import Call, CallKind
 from resilience.core.chain import build_chain
 from resilience.core.errors import ImproperlyConfigured, RpcStatusError
 from resilience.core.middleware import Handler, Middleware
+from resilience.metrics.recorder import recorder_for
 
 # ServicerContext.time_remaining() reports a deadline-less call as decades away.
 _NO_DEADLINE = 1e8
@@ -127,7 +128,8 @@ class StackInterceptor:
         self._resolver = resolver
         self._methods = methods
         self.target = target
-        self._shared: dict[str, Any] = {}
+        # The settings, for middleware that need more than their options (REDIS_URL).
+        self._shared: dict[str, Any] = {"settings": resolver.settings}
         self._lock = threading.Lock()
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
         self.middleware: dict[str, list[Middleware]] = {}
@@ -159,6 +161,7 @@ class StackInterceptor:
             specs, self._terminal(method, _behavior(handler, kind), kind), method=method,
             kind=kind, side="server", shared=self._shared, target=self.target,
             is_async=self.is_async, idempotent=self._resolver.is_idempotent(method),
+            metrics=recorder_for(self._resolver.settings, "server", method),
         )
         self.middleware[method] = used
         return _HANDLER_FACTORIES[kind](

@@ -14,14 +14,23 @@ from resilience.apps.registry import Apps
 from resilience.conf.chains import ChainResolver
 from resilience.conf.settings import Settings
 from resilience.core.errors import ImproperlyConfigured
+from resilience.transport.credentials import server_credentials
+from resilience.transport.health import SaturationMonitor, stack_limiters
 from resilience.transport.server import ChainInterceptor, StackInterceptor
 
 log = structlog.get_logger(__name__)
 
 
-def listen(grpc_server: Any, address: str, interceptor: StackInterceptor) -> tuple[int, str]:
-    """Bind ``address``; return the port and the address as bound."""
-    port = grpc_server.add_insecure_port(address)
+def listen(
+    grpc_server: Any, address: str, interceptor: StackInterceptor,
+    credentials: grpc.ServerCredentials | None = None,
+) -> tuple[int, str]:
+    """Bind ``address`` (with TLS if ``credentials``); return the port and the address as
+    bound."""
+    if credentials is None:
+        port = grpc_server.add_insecure_port(address)
+    else:
+        port = grpc_server.add_secure_port(address, credentials)
     if port == 0:
         raise ImproperlyConfigured(f"cannot listen on '{address}' (SERVER_ADDRESS)")
     bound = f"{address.rpartition(':')[0]}:{port}"
@@ -53,15 +62,34 @@ class Server:
         reflection.enable_server_reflection(
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc_server
         )
-        self.port, self.address = listen(self.grpc_server, address, self.interceptor)
+        self.port, self.address = listen(
+            self.grpc_server, address, self.interceptor, server_credentials(settings)
+        )
 
     def start(self) -> None:
         self.grpc_server.start()
+        if seconds := self.settings.HEALTH_SATURATION_SECONDS:
+            self.saturation = SaturationMonitor(seconds, self.limiters, self._report_saturation)
+            self.saturation.start()
         log.info("server_started", address=self.address, env=self.settings.env)
+
+    #: The HEALTH_SATURATION_SECONDS monitor, while the server runs with one.
+    saturation: SaturationMonitor | None = None
+
+    def limiters(self) -> list[Any]:
+        """The server stack's ConcurrencyLimit and AdaptiveLimit instances built so far
+        (a method's stack is built on its first call): what the saturation monitor reads."""
+        return stack_limiters(self.interceptor.middleware)
+
+    def _report_saturation(self, overloaded: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        self.health.set("", status.NOT_SERVING if overloaded else status.SERVING)
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING first, so balancers drain, then let in-flight calls finish."""
         grace = self.settings.SERVER_GRACE_PERIOD if grace is None else grace
+        if self.saturation is not None:
+            self.saturation.stop()
         self.health.enter_graceful_shutdown()
         log.info("server_draining", grace_s=grace)
         self.grpc_server.stop(grace).wait()

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
-from resilience.conf.validation import run_checks
+from resilience.conf.validation import run_checks, security_checks
 from resilience.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
     help = "Validate the settings and every client and server chain."
 
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--deploy", action="store_true",
+                            help="also run the deployment checks (always on in production)")
+
     def handle(self, **options: Any) -> int:
         _, messages = run_checks(self.settings)
+        deploy = options.get("deploy") or self.settings.env == "production"
+        messages = sorted(messages + security_checks(self.settings, deploy=deploy),
+                          key=lambda m: not m.is_error)
         self.report(messages)
         errors = sum(m.is_error for m in messages)
         if errors:

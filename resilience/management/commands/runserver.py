@@ -8,8 +8,10 @@ import signal
 import threading
 from typing import Any, TypeVar
 
+from resilience.conf.validation import security_checks
 from resilience.core.errors import ImproperlyConfigured
 from resilience.management.base import BaseCommand, CommandError, add_asyncio_option
+from resilience.metrics.exposition import MetricsEndpoint, serve_metrics
 from resilience.transport.aio_serving import AioServer
 from resilience.transport.serving import Server
 
@@ -26,12 +28,32 @@ class Command(BaseCommand):
         add_asyncio_option(parser)
 
     def handle(self, **options: Any) -> int:
+        if errors := [m for m in security_checks(self.settings, ("server",)) if m.is_error]:
+            self.report(errors)  # plaintext refused, or TLS settings that cannot work
+            raise CommandError(f"refusing to start: {len(errors)} configuration error(s); "
+                               f"run 'manage.py check' for the full list")
         address = options["address"] or self.settings.SERVER_ADDRESS
-        if self.settings.ASYNCIO:
-            asyncio.run(self._serve_async(address))
-        else:
-            self._serve(address)
+        metrics = self._serve_metrics()
+        try:
+            if self.settings.ASYNCIO:
+                asyncio.run(self._serve_async(address))
+            else:
+                self._serve(address)
+        finally:
+            if metrics is not None:
+                metrics.stop()
         return 0
+
+    def _serve_metrics(self) -> MetricsEndpoint | None:
+        """Serve /metrics at METRICS_SERVER_ADDRESS, unless METRICS_ENABLED is false."""
+        if not self.settings.METRICS_ENABLED:
+            return None
+        try:
+            endpoint = serve_metrics(self.settings.METRICS_SERVER_ADDRESS)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+        self.write(f"metrics at {endpoint.url}")
+        return endpoint
 
     def _serve(self, address: str) -> None:
         server = self._build(Server, address)

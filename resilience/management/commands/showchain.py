@@ -14,6 +14,14 @@ from resilience.core.chain import MiddlewareSpec, build_chain
 from resilience.management.base import BaseCommand, CommandError
 
 
+def _hidden(value: Any) -> str:
+    """Secret options (tokens) are never printed, as Django hides secret settings: a
+    table keeps its keys (identities), a string shows only whether it is set."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: '********'" for k in value) + "}"
+    return "'********'" if value else "''"
+
+
 def _show(value: Any) -> str:
     if isinstance(value, grpc.StatusCode):
         return repr(value.name)
@@ -58,8 +66,12 @@ class Command(BaseCommand):
                 built = self._built(resolver, specs, side, method, kinds[method])
                 for position, spec in enumerate(specs, 1):
                     fields = dataclasses.fields(spec.options)
-                    shown = ", ".join(f"{f.name}={_show(getattr(spec.options, f.name))}"
-                                      for f in fields)
+                    shown = ", ".join(
+                        f"{f.name}={_hidden(getattr(spec.options, f.name))}"
+                        if "token" in f.name else
+                        f"{f.name}={_show(getattr(spec.options, f.name))}"
+                        for f in fields
+                    )
                     if spec.factory not in built:
                         shown = "(left out of this chain: MiddlewareNotUsed for this method)"
                     self.write(f"  {position}. {spec.name} ({spec.path}) {shown}".rstrip())
@@ -71,7 +83,9 @@ class Command(BaseCommand):
         """The classes that really take part when the chain is built: a middleware may
         leave a method's chain at build time (Retry on a method not marked idempotent)."""
         _, used = build_chain(
-            specs, _unused_terminal, method=method, kind=kind, side=side, shared={},
+            specs, _unused_terminal, method=method, kind=kind, side=side,
+            shared={"settings": resolver.settings},
             is_async=resolver.is_async, idempotent=resolver.is_idempotent(method),
         )
-        return {type(instance) for instance in used}
+        # A factory may build a subclass (CircuitBreaker with storage = "redis").
+        return {cls for instance in used for cls in type(instance).__mro__}

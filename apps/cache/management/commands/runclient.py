@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +15,8 @@ from rich.live import Live
 from rich.table import Table
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
-from resilience.core.errors import status_of
+from resilience.conf.validation import security_checks
+from resilience.core.errors import ImproperlyConfigured, status_of
 from resilience.loadgen import LoadResult, run_load, run_load_async
 from resilience.management.base import (
     BaseCommand,
@@ -22,6 +24,7 @@ from resilience.management.base import (
     add_asyncio_option,
     global_options,
 )
+from resilience.metrics.exposition import MetricsEndpoint, serve_metrics
 from resilience.middleware import CircuitBreaker, Retry
 from resilience.transport.aio_client import aio_connect
 from resilience.transport.client import ChainedChannel, connect
@@ -57,20 +60,47 @@ class Command(BaseCommand):
         load.add_argument("--concurrency", type=int, default=8,
                           help="client threads (asyncio tasks with --asyncio)")
         load.add_argument("--keys", type=int, default=100, help="distinct keys to use")
+        load.add_argument("--metrics-hold", type=float, default=0.0, metavar="SECONDS",
+                          help="keep /metrics up this long after the summary, for a last scrape")
         for subcommand in (get, store, dump, load):
             add_asyncio_option(subcommand, argparse.SUPPRESS)
 
     def handle(self, **options: Any) -> int:
+        if errors := [m for m in security_checks(self.settings, ("client",)) if m.is_error]:
+            self.report(errors)  # plaintext refused, or TLS settings that cannot work
+            raise CommandError(f"refusing to start: {len(errors)} configuration error(s); "
+                               f"run 'manage.py check' for the full list")
         target = options["target"] or self.settings.CLIENT_TARGET
+        metrics = self._serve_metrics() if options["action"] == "load" else None
         try:
             if self.settings.ASYNCIO:
                 asyncio.run(self._handle_async(target, options))
             else:
                 self._handle(target, options)
+            if metrics is not None and options["metrics_hold"] > 0:
+                self.write(f"metrics held at {metrics.url} for {options['metrics_hold']:g} s")
+                self.stdout.flush()
+                time.sleep(options["metrics_hold"])
         except grpc.RpcError as exc:
             details = exc.details() if hasattr(exc, "details") else str(exc)
             raise CommandError(f"{status_of(exc).name}: {details}") from None
+        finally:
+            if metrics is not None:
+                metrics.stop()
         return 0
+
+    def _serve_metrics(self) -> MetricsEndpoint | None:
+        """Serve /metrics at METRICS_CLIENT_ADDRESS while the load runs, if enabled."""
+        if not self.settings.METRICS_ENABLED:
+            return None
+        try:
+            endpoint = serve_metrics(self.settings.METRICS_CLIENT_ADDRESS,
+                                     "METRICS_CLIENT_ADDRESS")
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+        self.write(f"metrics at {endpoint.url}")
+        self.stdout.flush()
+        return endpoint
 
     def _handle(self, target: str, options: dict[str, Any]) -> None:
         with connect(target, self.settings) as channel:
@@ -92,7 +122,7 @@ class Command(BaseCommand):
                         stub.Store(request)
                 except grpc.RpcError as exc:
                     self._prefill_failed(exc)
-                with self._progress(method, options) as progress:
+                with self._progress(channel, method, options) as progress:
                     result = run_load(send, **pace, progress=progress)
                 self._write_summary(channel, method, result)
 
@@ -116,7 +146,7 @@ class Command(BaseCommand):
                         await stub.Store(request)
                 except grpc.RpcError as exc:
                     self._prefill_failed(exc)
-                with self._progress(method, options) as progress:
+                with self._progress(channel, method, options) as progress:
                     result = await run_load_async(send, **pace, progress=progress)
                 self._write_summary(channel, method, result)
 
@@ -166,13 +196,14 @@ class Command(BaseCommand):
 
     @contextlib.contextmanager
     def _progress(
-        self, method: str, options: dict[str, Any]
+        self, channel: ChainedChannel, method: str, options: dict[str, Any]
     ) -> Iterator[Callable[[LoadResult], None]]:
-        """A live progress line while the load runs; it goes when the run ends."""
+        """A live progress line, with each method's breaker state, while the load runs; it
+        goes when the run ends."""
         total = int(options["rate"] * options["duration"])
         with Live(console=Console(file=self.stdout), transient=True,
                   refresh_per_second=4) as live:
-            yield lambda r: live.update(f"{method}: {r.calls}/{total} calls, {r.successes} ok")
+            yield lambda r: live.update(progress_line(method, total, r, channel))
 
     def _write_summary(self, channel: ChainedChannel, method: str, result: LoadResult) -> None:
         Console(file=self.stdout).print(self._summary(channel, f"{SERVICE}/{method}", result))
@@ -192,8 +223,26 @@ class Command(BaseCommand):
         chain = channel.middleware.get(method, [])
         retries = sum(m.retries for m in chain if isinstance(m, Retry))
         table.add_row("retries", str(retries))
-        for name, chain in sorted(channel.middleware.items()):
-            for m in chain:
-                if isinstance(m, CircuitBreaker):
-                    table.add_row(f"breaker {name}", m.state)
+        for name, state in breaker_states(channel):
+            table.add_row(f"breaker {name}", state)
         return table
+
+
+def breaker_states(channel: ChainedChannel) -> list[tuple[str, str]]:
+    """(method, state) of every circuit breaker on ``channel``, live, sorted by method."""
+    return [
+        (name, m.state)
+        for name, chain in sorted(channel.middleware.items())
+        for m in chain
+        if isinstance(m, CircuitBreaker)
+    ]
+
+
+def progress_line(method: str, total: int, result: LoadResult, channel: ChainedChannel) -> str:
+    """The live view of a load: progress, and each method's breaker state right now."""
+    line = f"{method}: {result.calls}/{total} calls, {result.successes} ok"
+    if states := breaker_states(channel):
+        line += "; breakers: " + ", ".join(
+            f"{name.rpartition('/')[2]} {state}" for name, state in states
+        )
+    return line

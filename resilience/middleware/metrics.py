@@ -1,0 +1,294 @@
+"""Count calls as go-grpc-prometheus does: started, handled by status code, messages, and
+a latency histogram, per method and side.
+
+Listed first in a chain, a client counts one handled call per logical call (after
+retries and hedges, with a fallback's answer as OK), which is what its callers saw. With
+METRICS_ENABLED = false the middleware leaves the chain when it is built, so it costs
+nothing. With metrics on, a unary call adds to a few plain numbers of its thread's
+``Shard`` (see ``resilience.metrics.rpc``): no lock, no label lookup, no enum hashing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import grpc
+
+from resilience.core.call import Call
+from resilience.core.errors import MiddlewareNotUsed, status_of
+from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+from resilience.metrics.rpc import BOUNDS, FIRST_BOUND, OK, RpcSeries
+
+_OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
+_clock = time.perf_counter
+_bisect = bisect_left
+
+
+def _code(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return _CANCELLED
+    return status_of(exc)
+
+
+class _Outcome:
+    """Records a call's end exactly once, from whichever path ends it first."""
+
+    __slots__ = ("_series", "_started", "_token")
+
+    def __init__(self, series: RpcSeries, started: float | None) -> None:
+        self._series = series
+        self._started = started
+        self._token = [True]
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        try:
+            self._token.pop()  # atomic: one caller wins
+        except IndexError:
+            return
+        self._series.handled(code, self._started)
+
+
+class _CountedStream:
+    """A response stream that counts each message and records the end of the call."""
+
+    __slots__ = ("_count", "_outcome", "_responses")
+
+    def __init__(self, responses: Any, count: Callable[[], None], outcome: _Outcome) -> None:
+        self._outcome = outcome
+        self._count = count
+        self._responses = iter(responses)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            item = next(self._responses)
+        except StopIteration:
+            self._outcome.finish(_OK)
+            raise
+        except BaseException as exc:
+            self._outcome.finish(_code(exc))
+            raise
+        self._count()
+        return item
+
+    def close(self) -> None:
+        self._outcome.finish(_CANCELLED)
+        close = getattr(self._responses, "close", None)
+        if close is not None:
+            close()
+
+    def __del__(self) -> None:
+        self._outcome.finish(_CANCELLED)
+
+
+class _AsyncCountedStream:
+    """``_CountedStream`` for asyncio: a cancelled reader ends the call as CANCELLED."""
+
+    __slots__ = ("_count", "_outcome", "_responses")
+
+    def __init__(self, responses: Any, count: Callable[[], None], outcome: _Outcome) -> None:
+        self._outcome = outcome
+        self._count = count
+        self._responses = aiter(responses)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            item = await anext(self._responses)
+        except StopAsyncIteration:
+            self._outcome.finish(_OK)
+            raise
+        except BaseException as exc:
+            self._outcome.finish(_code(exc))
+            raise
+        self._count()
+        return item
+
+    async def aclose(self) -> None:
+        self._outcome.finish(_CANCELLED)
+        aclose = getattr(self._responses, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def __del__(self) -> None:
+        self._outcome.finish(_CANCELLED)
+
+
+def _counted(requests: Any, count: Callable[[], None]) -> Iterator[Any]:
+    for item in requests:
+        count()
+        yield item
+
+
+async def _acounted_async(requests: Any, count: Callable[[], None]) -> AsyncIterator[Any]:
+    async for item in requests:
+        count()
+        yield item
+
+
+def _acounted(requests: Any, count: Callable[[], None]) -> Any:
+    """grpc.aio takes a request stream as an async or a plain iterable."""
+    if hasattr(requests, "__aiter__"):
+        return _acounted_async(requests, count)
+    return _counted(requests, count)
+
+
+class Metrics(Middleware):
+    """grpc_{server,client}_started_total, _handled_total{grpc_code}, _msg_received_total,
+    _msg_sent_total and _handling_seconds for every call of the chain's method.
+
+    List it first, so that it sees what callers see: on the client, one call however many
+    attempts Retry or Hedging made; on the server, the status sent, rejections included.
+    """
+
+    async_capable = True
+
+    @dataclasses.dataclass(frozen=True)
+    class Options(MiddlewareOptions):
+        histogram: bool = option(
+            True,
+            "Observe each call's duration in grpc_*_handling_seconds; false saves that "
+            "observation (two clock reads per call).",
+        )
+
+    options: Options
+
+    def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
+        super().__init__(handler, options, info)
+        if not info.metrics.enabled:
+            raise MiddlewareNotUsed("METRICS_ENABLED is false")
+        self.series = series = info.metrics.rpc(info.kind)
+        self._local = series.local
+        self._handled_created = series.handled_created
+        self._histogram = self.options.histogram
+        self._request_streaming = info.kind.request_streaming
+        streaming = info.kind.response_streaming
+        # A unary call with the histogram on (the default) takes a path of its own.
+        timed = self._histogram and not self._request_streaming and not streaming
+        if info.is_async:
+            self.acall = self._astream if streaming else self._aunary_timed if timed \
+                else self._aunary
+        self._sync: Handler = self._stream if streaming else self._unary_timed if timed \
+            else self._unary
+        # The chain calls ``instance.__call__``: the instance attribute skips a dispatch.
+        self.__call__ = self._sync  # type: ignore[method-assign]
+
+    def __call__(self, call: Call) -> Any:
+        return self._sync(call)
+
+    def _unary_timed(self, call: Call) -> Any:
+        """A unary call with its duration observed: the path most calls take."""
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self.series.adopt()
+        shard.started += 1
+        started = _clock()
+        try:
+            response = self.handler(call)
+        except BaseException as exc:
+            self.series.handled(_code(exc), started)
+            raise
+        elapsed = _clock() - started
+        if self._handled_created[OK] is None:
+            self.series.first_use(OK)
+        # One slot counts the handled call, its observation and its response message.
+        shard.timed_ok[0 if elapsed <= FIRST_BOUND else _bisect(BOUNDS, elapsed)] += 1
+        shard.sum += elapsed
+        return response
+
+    def _unary(self, call: Call) -> Any:
+        """A unary response, with the histogram off or a request stream."""
+        series = self.series
+        shard = series.start()
+        if self._request_streaming:
+            call = call.replace(request=_counted(call.request, series.count_request))
+        started = _clock() if self._histogram else None
+        try:
+            response = self.handler(call)
+        except BaseException as exc:
+            series.handled(_code(exc), started)
+            raise
+        if started is not None:
+            series.handled(_OK, started)
+            return response
+        if self._handled_created[OK] is None:
+            series.first_use(OK)
+        shard.handled[OK] += 1
+        return response
+
+    def _stream(self, call: Call) -> _CountedStream:
+        series = self.series
+        series.start()
+        if self._request_streaming:
+            call = call.replace(request=_counted(call.request, series.count_request))
+        outcome = _Outcome(series, _clock() if self._histogram else None)
+        try:
+            responses = self.handler(call)
+        except BaseException as exc:
+            outcome.finish(_code(exc))
+            raise
+        return _CountedStream(responses, series.count_response, outcome)
+
+    async def _aunary_timed(self, call: Call) -> Any:
+        """``_unary_timed`` for asyncio. The shard is the loop thread's, which is also the
+        thread that resumes this coroutine after the await."""
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self.series.adopt()
+        shard.started += 1
+        started = _clock()
+        try:
+            response = await self.handler(call)
+        except BaseException as exc:
+            self.series.handled(_code(exc), started)
+            raise
+        elapsed = _clock() - started
+        if self._handled_created[OK] is None:
+            self.series.first_use(OK)
+        shard.timed_ok[0 if elapsed <= FIRST_BOUND else _bisect(BOUNDS, elapsed)] += 1
+        shard.sum += elapsed
+        return response
+
+    async def _aunary(self, call: Call) -> Any:
+        series = self.series
+        shard = series.start()
+        if self._request_streaming:
+            call = call.replace(request=_acounted(call.request, series.count_request))
+        started = _clock() if self._histogram else None
+        try:
+            response = await self.handler(call)
+        except BaseException as exc:
+            series.handled(_code(exc), started)
+            raise
+        if started is not None:
+            series.handled(_OK, started)
+            return response
+        if self._handled_created[OK] is None:
+            series.first_use(OK)
+        shard.handled[OK] += 1
+        return response
+
+    def _astream(self, call: Call) -> _AsyncCountedStream:
+        series = self.series
+        series.start()
+        if self._request_streaming:
+            call = call.replace(request=_acounted(call.request, series.count_request))
+        outcome = _Outcome(series, _clock() if self._histogram else None)
+        try:
+            responses = self.handler(call)
+        except BaseException as exc:
+            outcome.finish(_code(exc))
+            raise
+        return _AsyncCountedStream(responses, series.count_response, outcome)
