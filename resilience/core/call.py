@@ -71,7 +71,7 @@ class Call:
 
         Spelled out field by field because it is on every call's path (Timeout, Retry).
         """
-        new = _new_call(Call)
+        new = new_call(Call)
         new.method = self.method
         new.kind = self.kind
         new.side = self.side
@@ -92,4 +92,6 @@ class Call:
         return f"<Call {self.side} {self.method} attempt={self.attempt}>"
 
 
-_new_call = object.__new__
+new_call = object.__new__
+"""``new_call(Call)``: a Call with no field set, for the few per-call paths that set every
+field themselves to save ``__init__``'s frame (the client's multicallable, Timeout)."""

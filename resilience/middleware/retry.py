@@ -187,7 +187,9 @@ class Retry(Middleware):
             except grpc.RpcError as exc:
                 self.sleep(self._backoff_or_raise(call, attempt, exc))
             else:
-                if budget is not None:
+                # record_success's own first check, inlined: a full budget (the usual case)
+                # costs no call at all.
+                if budget is not None and budget.tokens < budget.max_tokens:
                     budget.record_success()
                 return response
             attempt += 1
