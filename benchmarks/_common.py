@@ -69,8 +69,9 @@ class OverheadPlan:
 
 
 def bench_settings(**values: Any) -> Settings:
-    """Settings built in code, over the documented defaults."""
-    return Settings(values, env="benchmark", path=Path("<bench>"))
+    """Settings built in code, over the documented defaults, with the cache app."""
+    return Settings({"INSTALLED_APPS": ["apps.cache"], **values}, env="benchmark",
+                    path=Path("<bench>"))
 
 
 # --- the server, in its own process ------------------------------------------------------

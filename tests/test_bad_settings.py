@@ -100,7 +100,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def bad_file(tmp_path: Path, body: str) -> Path:
-    return write(tmp_path, f"[default]\n{body}\n\n[development]\n")
+    """A settings file with ``body`` in [default] and, unless it says otherwise, the cache
+    app installed."""
+    apps = "" if "INSTALLED_APPS" in body else 'INSTALLED_APPS = ["apps.cache"]\n'
+    return write(tmp_path, f"[default]\n{apps}{body}\n\n[development]\n")
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> str:

@@ -282,3 +282,19 @@ def test_lost_trial_is_replaced_after_reset_timeout():
     assert mw.state == "closed"
     lost.close()  # a late report from the superseded trial changes nothing
     assert mw.state == "closed"
+
+
+def test_the_storage_fields_read_on_the_hot_path_are_what_pybreaker_reports():
+    """The per-call path reads pybreaker's memory storage fields, not its properties; a
+    pybreaker that renamed them must fail here rather than leave the breaker blind."""
+    backend = Backend(grpc.StatusCode.UNAVAILABLE)
+    breaker = make(backend, fail_max=3)
+    storage = breaker._storage
+    assert (storage._state, storage._fail_counter) == (storage.state, storage.counter)
+    with pytest.raises(RpcStatusError):
+        breaker(make_call())
+    assert storage._fail_counter == storage.counter == 1
+    for _ in range(2):
+        with pytest.raises(RpcStatusError):
+            breaker(make_call())
+    assert storage._state == storage.state == "open"

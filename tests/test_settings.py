@@ -113,6 +113,7 @@ def write_settings(directory: Path, body: str) -> Path:
 
 OTHER = """
 [default]
+INSTALLED_APPS = ["apps.cache"]
 CLIENT_TARGET = "127.0.0.1:7777"
 CLIENT_MIDDLEWARE = ["resilience.middleware.Timeout"]
 
@@ -192,6 +193,7 @@ def test_secrets_file_next_to_settings_is_read(tmp_path: Path) -> None:
 
 PER_METHOD = """
 [default]
+INSTALLED_APPS = ["apps.cache"]
 CLIENT_MIDDLEWARE = ["resilience.middleware.Retry", "resilience.middleware.Timeout"]
 
 [default.CLIENT_OPTIONS.Retry]

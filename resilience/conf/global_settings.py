@@ -27,7 +27,7 @@ class GlobalSettings:
     """The framework's settings; field names are the setting names."""
 
     INSTALLED_APPS: tuple[str, ...] = option(
-        ("apps.cache",), "Dotted paths of the app packages whose services are served."
+        (), "Dotted paths of the app packages whose services are served."
     )
     SERVER_MIDDLEWARE: tuple[str, ...] = option(
         DEFAULT_SERVER_MIDDLEWARE, "One stack around every served method, outermost first."

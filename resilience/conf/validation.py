@@ -139,6 +139,10 @@ def _app_code_problems(settings: Settings, apps: Apps, methods: set[str]) -> lis
     return messages
 
 
+#: A method name no setting can name: resolving it gives a side's default chain.
+ANY_METHOD = "(any method)"
+
+
 def run_checks(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
     """Check everything; return the apps (if they loaded) and every message, errors first."""
     messages = _setting_problems(settings)
@@ -148,7 +152,9 @@ def run_checks(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
         methods = apps.methods()
         resolver = ChainResolver(settings)
         for side in ("server", "client"):
-            for method in methods:
+            # The default chains too, so that they are checked even before an app serves
+            # a method (an empty INSTALLED_APPS, a fresh project).
+            for method in (*methods, ANY_METHOD):
                 resolver.resolve(side, method)
         messages += resolver.problems + _method_keys(settings, set(methods))
         messages += _unused_options(settings, resolver.listed)

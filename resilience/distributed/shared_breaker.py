@@ -104,11 +104,24 @@ class RedisCircuitBreaker(CircuitBreaker):
         self._fresh_until = now + self._cache_s
         return None
 
+    def _fresh_probe(self, now: float) -> str | None:
+        """A new probe id when Redis must be asked; "" when the cached state admits the call,
+        ``None`` when Redis is unusable and the local breaker takes it (fail_open)."""
+        if not self._health.usable():
+            return self._down()
+        if self._cached(now) is not None:
+            return ""
+        return os.urandom(8).hex()
+
+    def _lost(self, error: BaseException) -> None:
+        """Redis failed: ask it again on the next call, and tell its health."""
+        self._fresh_until = 0.0
+        failed(self._config, error)
+
     def _down(self, error: BaseException | None = None) -> None:
         """Redis failed (``error``) or is resting: fall back per redis_unavailable."""
         if error is not None:
-            self._fresh_until = 0.0
-            failed(self._config, error)
+            self._lost(error)
         if not self._fail_open:
             raise BreakerOpenError(grpc.StatusCode.UNAVAILABLE, self._down_message,
                                    retryable=False)
@@ -148,12 +161,10 @@ class RedisCircuitBreaker(CircuitBreaker):
     def _admit_shared(self) -> str | None:
         """"" for a normal call, a probe id for the trial, ``None`` to use the local breaker
         (Redis unavailable, fail_open); raise UNAVAILABLE to fail fast."""
-        if not self._health.usable():
-            return self._down()
         now = time.monotonic()
-        if self._cached(now) is not None:
-            return ""
-        probe = os.urandom(8).hex()
+        probe = self._fresh_probe(now)
+        if not probe:  # decided without a round trip
+            return probe
         try:
             ready(self._config)
             reply = self._script(keys=[self.key], args=self._args("admit", probe))
@@ -170,8 +181,7 @@ class RedisCircuitBreaker(CircuitBreaker):
             ready(self._config)
             reply = self._script(keys=[self.key], args=self._args(operation, probe))
         except REDIS_ERRORS as error:
-            self._fresh_until = 0.0
-            failed(self._config, error)
+            self._lost(error)
             return
         self._learn(BreakerReply.parse(reply), time.monotonic())
 
@@ -209,37 +219,23 @@ class RedisCircuitBreaker(CircuitBreaker):
         if probe is None:
             yield from self._guard_stream(call)
             return
-        sent = False
-        try:
-            for response in self.handler(call):
-                sent = True
-                yield response
-        except Exception as exc:
-            self._record(probe, exc)
-            if sent or self._fallback is None or status_of(exc) not in self._failure_codes:
-                raise
-            yield from self._fallback(call.request, exc)
-            return
-        if probe or self._failures:
-            self._record(probe, None)
+        # ``_record`` ignores what cannot change the shared state: an interruption, or a
+        # success with nothing to reset.
+        yield from self._settled_stream(call, probe, self._record)
 
     # --- the asyncio path -----------------------------------------------------------------
 
     async def _aadmit_shared(self) -> str | None:
-        if not self._health.usable():
-            return self._down()
         now = time.monotonic()
-        if self._cached(now) is not None:
-            return ""
-        probe = os.urandom(8).hex()
+        probe = self._fresh_probe(now)
+        if not probe:
+            return probe
         try:
             await aready(self._config)
             run = async_script(self._config, breaker_state.LUA)
             reply = await run(keys=[self.key], args=self._args("admit", probe))
         except REDIS_ERRORS as error:
-            self._fresh_until = 0.0
-            failed(self._config, error)
-            return self._down()
+            return self._down(error)
         verdict = self._learn(BreakerReply.parse(reply), now)
         return probe if verdict == "trial" else ""
 
@@ -252,8 +248,7 @@ class RedisCircuitBreaker(CircuitBreaker):
             run = async_script(self._config, breaker_state.LUA)
             reply = await run(keys=[self.key], args=self._args(operation, probe))
         except REDIS_ERRORS as error:
-            self._fresh_until = 0.0
-            failed(self._config, error)
+            self._lost(error)
             return
         self._learn(BreakerReply.parse(reply), time.monotonic())
 

@@ -255,22 +255,28 @@ class CircuitBreaker(Middleware):
                 raise
             yield from self._fallback(call.request, error)
             return
+        yield from self._settled_stream(call, probe, self._settle)
+
+    def _settled_stream(self, call: Call, probe: Any,
+                        settle: Callable[[Any, BaseException | None], None]) -> Iterator[Any]:
+        """The handler's responses, settled (``settle(probe, error or None)``) when the
+        stream ends, with the fallback answering a failure before the first response; the
+        Redis breaker settles through Redis with the same loop."""
         sent = False
         try:
             for response in self.handler(call):
                 sent = True
                 yield response
         except Exception as exc:
-            self._settle(probe, exc)
+            settle(probe, exc)
             if sent or self._fallback is None or status_of(exc) not in self._failure_codes:
                 raise
             yield from self._fallback(call.request, exc)
             return
         except BaseException as exc:
-            self._settle(probe, exc)
+            settle(probe, exc)
             raise
-        if probe is not None or self._storage.counter:
-            self._settle(probe, None)
+        settle(probe, None)
 
     async def _aunary(self, call: Call) -> Any:
         """``__call__`` for asyncio, recording the outcome once it has been awaited."""
@@ -363,6 +369,8 @@ class CircuitBreaker(Middleware):
 
     def _settle(self, probe: object | None, exc: BaseException | None) -> None:
         """Feed one outcome (``None`` for success) to pybreaker's current state."""
+        if exc is None and probe is None and not self._storage.counter:
+            return  # a success while closed with no failures counted changes nothing
         with self._lock:
             if probe is not None:
                 if probe is not self._probe:

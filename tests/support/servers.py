@@ -28,8 +28,9 @@ MODES: tuple[Mode, ...] = ("sync", "aio")
 
 
 def make_settings(env: str = "testing", **values: Any) -> Settings:
-    """Settings from keyword arguments, over the documented defaults."""
-    return Settings(values, env=env, path=Path("<test>"))
+    """Settings from keyword arguments, over the documented defaults, with the cache app
+    installed unless ``INSTALLED_APPS`` says otherwise."""
+    return Settings({"INSTALLED_APPS": ["apps.cache"], **values}, env=env, path=Path("<test>"))
 
 
 def scripted_apps(servicer: Any, async_servicer: Any = None) -> Apps:

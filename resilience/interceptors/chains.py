@@ -1,0 +1,114 @@
+"""What the sync and asyncio client interceptors share: each method's chain, built on its
+first call, and the Call of one intercepted RPC.
+
+The interceptor's ``continuation`` is the chain's terminal. It reaches the terminal
+through a context variable rather than the Call, because a chain is built once while the
+continuation is new on every call, and context variables follow the call into Hedging's
+threads and tasks.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.descriptor_pb2 import MethodOptions
+
+from resilience.conf.chains import ChainResolver
+from resilience.conf.settings import Settings
+from resilience.core.call import Call, CallKind
+from resilience.core.chain import build_chain
+from resilience.core.errors import ImproperlyConfigured
+from resilience.core.middleware import Handler, Middleware
+from resilience.transport.client import CallOptions, normalise_method
+
+#: The continuation of the call in progress, for the terminal to call.
+CONTINUATION: contextvars.ContextVar[Callable[..., Any]] = contextvars.ContextVar(
+    "resilience_interceptor_continuation"
+)
+
+
+def _descriptor_idempotent(request: Any, method: str) -> bool:
+    """What the request's own descriptor pool says of the method, for protos loaded into a
+    pool other than protobuf's default one."""
+    try:
+        pool = request.DESCRIPTOR.file.pool
+        descriptor = pool.FindMethodByName(method.replace("/", "."))
+    except (AttributeError, KeyError):
+        return False
+    return descriptor.GetOptions().idempotency_level != MethodOptions.IDEMPOTENCY_UNKNOWN
+
+
+class Chains:
+    """Each method's client chain, built on its first call and kept, under a lock; the
+    interceptors of one ``client_interceptors()`` call share it, as methods share a channel.
+    """
+
+    def __init__(self, settings: Settings, is_async: bool, target: str,
+                 terminal: Callable[[str | bytes, CallKind], Handler]) -> None:
+        self._resolver = ChainResolver(settings, is_async=is_async)
+        self._is_async = is_async
+        self._target = target
+        self._terminal = terminal
+        self._shared: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._chains: dict[tuple[str | bytes, CallKind], tuple[str, Handler]] = {}
+        #: The middleware each method's chain is made of, outermost first.
+        self.middleware: dict[str, list[Middleware]] = {}
+
+    def get(self, method: str | bytes, kind: CallKind, request: Any) -> tuple[str, Handler]:
+        """(normalised name, chain) of ``method`` as grpc names it (str, or bytes on aio)."""
+        try:
+            return self._chains[(method, kind)]
+        except KeyError:
+            pass
+        with self._lock:
+            built = self._chains.get((method, kind))
+            if built is None:
+                built = self._build(method, kind, request)
+                self._chains[(method, kind)] = built
+        return built
+
+    def _build(self, method: str | bytes, kind: CallKind, request: Any) -> tuple[str, Handler]:
+        name = normalise_method(method)
+        specs = self._resolver.resolve("client", name)
+        if errors := [p for p in self._resolver.problems if p.is_error]:
+            raise ImproperlyConfigured(
+                f"client chain for {name}: {'; '.join(p.msg for p in errors)}"
+            )
+        idempotent = self._resolver.is_idempotent(name) or (
+            not kind.request_streaming and _descriptor_idempotent(request, name)
+        )
+        chain, used = build_chain(
+            specs, self._terminal(method, kind), method=name, kind=kind, side="client",
+            shared=self._shared, target=self._target, is_async=self._is_async,
+            idempotent=idempotent,
+        )
+        self.middleware[name] = used
+        return name, chain
+
+
+def make_call(name: str, kind: CallKind, request: Any, details: Any) -> Call:
+    """The Call of one intercepted RPC; call options ride in ``context``, where the
+    terminal also leaves the grpc call it made (``capture``)."""
+    metadata = getattr(details, "metadata", None)
+    timeout = getattr(details, "timeout", None)
+    return Call(
+        name, kind, "client", request,
+        metadata=tuple(metadata) if metadata else (),
+        deadline=None if timeout is None else time.monotonic() + timeout,
+        context=CallOptions(
+            getattr(details, "credentials", None), getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None), capture=True,
+        ),
+    )
+
+
+def captured(call: Call, rpc: Any) -> None:
+    """Keep the attempt's grpc call, whose metadata and status the outcome reports."""
+    opts: CallOptions | None = call.context
+    if opts is not None and opts.capture:
+        opts.grpc_call = rpc

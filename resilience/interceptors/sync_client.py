@@ -1,0 +1,121 @@
+"""The sync client interceptor, and the terminal through which its chains reach grpc."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from resilience.conf.settings import Settings
+from resilience.core.call import Call, CallKind
+from resilience.core.middleware import Handler
+from resilience.interceptors.chains import CONTINUATION, Chains, captured, make_call
+from resilience.interceptors.outcomes import Done, Stream, failed
+from resilience.interceptors.settings import SettingsArg, load
+from resilience.transport.client import CallOptions, remaining_timeout
+
+
+class _Details(
+    collections.namedtuple(
+        "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                     "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    """What one attempt hands the continuation: the chain's deadline and metadata."""
+
+
+def _details(method: str | bytes, call: Call) -> _Details:
+    opts: CallOptions = call.context
+    return _Details(method, remaining_timeout(call), call.metadata or None,
+                    opts.credentials, opts.wait_for_ready, opts.compression)
+
+
+def _sync_terminal(method: str | bytes, kind: CallKind) -> Handler:
+    """One attempt through the interceptor's continuation (a blocking call, so Hedging's
+    losing attempts run to their end or deadline instead of being cancelled)."""
+    if kind.response_streaming:
+
+        def stream(call: Call) -> Iterator[Any]:
+            rpc = CONTINUATION.get()(_details(method, call), call.request)
+            captured(call, rpc)
+            try:
+                yield from rpc
+            finally:
+                rpc.cancel()  # a consumer that stops early must not leave the RPC running
+
+        return stream
+
+    def unary(call: Call) -> Any:
+        outcome = CONTINUATION.get()(_details(method, call), call.request)
+        response = outcome.result()  # raises the attempt's RpcError
+        captured(call, outcome)
+        return response
+
+    return unary
+
+
+class ClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Runs every call of a ``grpc.intercept_channel`` through its method's client chain.
+
+    ``middleware`` maps each method used so far to its chain's middleware, outermost first.
+    """
+
+    def __init__(self, settings: Settings, target: str = "") -> None:
+        self._chains = Chains(settings, False, target, _sync_terminal)
+        self.middleware = self._chains.middleware
+
+    def _intercept(self, continuation: Any, details: Any, request: Any, kind: CallKind
+                   ) -> Any:
+        """One call through its method's chain: a unary outcome, a stream, or a failed call
+        (grpcio's intercepted calls return their errors rather than raise them)."""
+        name, chain = self._chains.get(details.method, kind, request)
+        call = make_call(name, kind, request, details)
+        token = CONTINUATION.set(continuation)
+        try:
+            outcome = chain(call)
+        except grpc.RpcError as exc:
+            return failed(exc)
+        finally:
+            CONTINUATION.reset(token)
+        if kind.response_streaming:
+            return Stream(outcome, call, continuation)
+        return Done(outcome, call.context.grpc_call)
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
+                              request: Any) -> Any:
+        return self._intercept(continuation, client_call_details, request, CallKind.UNARY_UNARY)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
+                               request: Any) -> Any:
+        return self._intercept(continuation, client_call_details, request, CallKind.UNARY_STREAM)
+
+    def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
+                               request_iterator: Any) -> Any:
+        return self._intercept(
+            continuation, client_call_details, request_iterator, CallKind.STREAM_UNARY
+        )
+
+    def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
+                                request_iterator: Any) -> Any:
+        return self._intercept(
+            continuation, client_call_details, request_iterator, CallKind.STREAM_STREAM
+        )
+
+
+def client_interceptors(settings: SettingsArg = None, *, target: str = ""
+                        ) -> list[ClientInterceptor]:
+    """Interceptors for ``grpc.intercept_channel(channel, *client_interceptors(...))`` that
+    run each method's client chain. Make one set per channel: it holds the channel's
+    breakers and retry budget. ``target`` only names the channel in messages and logs.
+
+    Open the channel with ``options=CHANNEL_OPTIONS`` so that grpcio does not retry too.
+    """
+    return [ClientInterceptor(load(settings, is_async=False), target)]
