@@ -18,7 +18,7 @@ import platform
 import statistics
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -267,6 +267,50 @@ def server_process(
 def rotated(names: list[str], by: int) -> list[str]:
     by %= len(names)
     return names[by:] + names[:by]
+
+
+def interleaved_round(
+    clients: dict[str, Callable[[Any], Any]], request: Any, n: int
+) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """``n`` turns in which every client makes one call, in an order that rotates each
+    turn, so drift on any time scale touches every client alike; per-call latencies (ns)
+    and client CPU (ns) per client. The CPU clock is read outside the timed window."""
+    clock = time.perf_counter_ns
+    cpu_clock = time.process_time_ns
+    names = list(clients)
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    cpu = dict.fromkeys(names, 0)
+    orders = [[(name, clients[name], samples[name].append) for name in rotated(names, by)]
+              for by in range(len(names))]
+    for turn in range(n):
+        for name, get, append in orders[turn % len(orders)]:
+            cpu_start = cpu_clock()
+            start = clock()
+            get(request)
+            append(clock() - start)
+            cpu[name] += cpu_clock() - cpu_start
+    return samples, cpu
+
+
+async def ainterleaved_round(
+    clients: dict[str, Callable[[Any], Awaitable[Any]]], request: Any, n: int
+) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """``interleaved_round`` for grpc.aio clients, awaited one call at a time on the loop."""
+    clock = time.perf_counter_ns
+    cpu_clock = time.process_time_ns
+    names = list(clients)
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    cpu = dict.fromkeys(names, 0)
+    orders = [[(name, clients[name], samples[name].append) for name in rotated(names, by)]
+              for by in range(len(names))]
+    for turn in range(n):
+        for name, get, append in orders[turn % len(orders)]:
+            cpu_start = cpu_clock()
+            start = clock()
+            await get(request)
+            append(clock() - start)
+            cpu[name] += cpu_clock() - cpu_start
+    return samples, cpu
 
 
 def percentile(samples: list[int], p: float) -> float:

@@ -47,10 +47,12 @@ from benchmarks._common import (
     RESULTS_DIR,
     VALUE,
     OverheadPlan,
+    ainterleaved_round,
     bench_settings,
     cli,
     finish,
     header,
+    interleaved_round,
     percentile,
     print_footer,
     print_targets,
@@ -154,28 +156,6 @@ class Clients:
 # --- measurements ------------------------------------------------------------------------
 
 
-def _timed_calls(get: Get, request: cache_pb2.GetReq, n: int) -> list[int]:
-    clock = time.perf_counter_ns
-    samples = []
-    append = samples.append
-    for _ in range(n):
-        start = clock()
-        get(request)
-        append(clock() - start)
-    return samples
-
-
-async def _atimed_calls(get: AGet, request: cache_pb2.GetReq, n: int) -> list[int]:
-    clock = time.perf_counter_ns
-    samples = []
-    append = samples.append
-    for _ in range(n):
-        start = clock()
-        await get(request)
-        append(clock() - start)
-    return samples
-
-
 def _on_loop(runner: asyncio.Runner, coro: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coro`` to completion on the benchmark's one event loop, bounded in time."""
     return runner.run(asyncio.wait_for(coro, AIO_ROUND_LIMIT_S))
@@ -184,28 +164,31 @@ def _on_loop(runner: asyncio.Runner, coro: Coroutine[Any, Any, Any]) -> Any:
 def measure_latency(
     runner: asyncio.Runner, clients: Clients, request: cache_pb2.GetReq, plan: OverheadPlan
 ) -> dict[str, Any]:
-    """Sequential calls, clients interleaved in short rounds; medians in microseconds.
+    """Sequential calls, clients interleaved call by call; medians in microseconds.
 
-    Aio rounds run on the loop; sync rounds run between them, with the loop idle."""
+    In each round the aio clients take turns on the loop, then the sync clients take turns
+    with the loop idle (or the other way round, alternating by round)."""
 
-    def measure(name: str, n: int) -> list[int]:
-        if name in clients.aio:
-            return _on_loop(runner, _atimed_calls(clients.aio[name], request, n))
-        return _timed_calls(clients.sync[name], request, n)
+    def aio_round(n: int) -> tuple[dict[str, list[int]], dict[str, int]]:
+        return _on_loop(runner, ainterleaved_round(clients.aio, request, n))
+
+    def sync_round(n: int) -> tuple[dict[str, list[int]], dict[str, int]]:
+        return interleaved_round(clients.sync, request, n)
 
     names = [*AIO_CLIENTS, *SYNC_CLIENTS]
-    for name in names:
-        measure(name, plan.warmup_calls)
+    aio_round(plan.warmup_calls)
+    sync_round(plan.warmup_calls)
     samples: dict[str, list[int]] = {name: [] for name in names}
     round_medians: dict[str, list[float]] = {name: [] for name in names}
-    cpu = dict.fromkeys(names, 0.0)
+    cpu = dict.fromkeys(names, 0)
     for round_no in range(plan.latency_rounds):
-        for name in rotated(names, round_no):
-            cpu_start = time.process_time()
-            got = measure(name, plan.latency_calls)
-            cpu[name] += time.process_time() - cpu_start
-            samples[name].extend(got)
-            round_medians[name].append(statistics.median(got))
+        halves = (aio_round, sync_round) if round_no % 2 == 0 else (sync_round, aio_round)
+        for half in halves:
+            got, used = half(plan.latency_calls)
+            for name, values in got.items():
+                samples[name].extend(values)
+                round_medians[name].append(statistics.median(values))
+                cpu[name] += used[name]
     median_us = {n: statistics.median(s) / 1000 for n, s in samples.items()}
     return {
         "rounds": plan.latency_rounds,
@@ -213,7 +196,7 @@ def measure_latency(
         "median_us": median_us,
         "p90_us": {n: percentile(s, 90) / 1000 for n, s in samples.items()},
         "p99_us": {n: percentile(s, 99) / 1000 for n, s in samples.items()},
-        "client_cpu_us_per_call": {n: c * 1e6 / len(samples[n]) for n, c in cpu.items()},
+        "client_cpu_us_per_call": {n: c / 1000 / len(samples[n]) for n, c in cpu.items()},
         "ratio": {n: median_us[n] / median_us["bare"] for n in names if n != "bare"},
         "round_ratio_median": round_ratio_medians(round_medians, "bare", names),
         # aio against sync, like for like: each aio client over its sync counterpart.

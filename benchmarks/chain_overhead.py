@@ -50,6 +50,7 @@ from benchmarks._common import (
     cli,
     finish,
     header,
+    interleaved_round,
     percentile,
     print_footer,
     print_targets,
@@ -152,40 +153,17 @@ class Clients:
 # --- measurements ------------------------------------------------------------------------
 
 
-def _interleaved_round(
-    clients: dict[str, Get], request: cache_pb2.GetReq, n: int
-) -> tuple[dict[str, list[int]], dict[str, int]]:
-    """``n`` turns in which every client makes one call, in an order that rotates each
-    turn, so drift on any time scale touches every client alike; per-call latencies (ns)
-    and client CPU (ns) per client. The CPU clock is read outside the timed window."""
-    clock = time.perf_counter_ns
-    cpu_clock = time.process_time_ns
-    names = list(clients)
-    samples: dict[str, list[int]] = {name: [] for name in names}
-    cpu = dict.fromkeys(names, 0)
-    orders = [[(name, clients[name], samples[name].append) for name in rotated(names, by)]
-              for by in range(len(names))]
-    for turn in range(n):
-        for name, get, append in orders[turn % len(orders)]:
-            cpu_start = cpu_clock()
-            start = clock()
-            get(request)
-            append(clock() - start)
-            cpu[name] += cpu_clock() - cpu_start
-    return samples, cpu
-
-
 def measure_latency(
     clients: Clients, request: cache_pb2.GetReq, plan: OverheadPlan
 ) -> dict[str, Any]:
     """Sequential calls, clients interleaved call by call; medians in microseconds."""
     names = list(clients.latency)
-    _interleaved_round(clients.latency, request, plan.warmup_calls)
+    interleaved_round(clients.latency, request, plan.warmup_calls)
     samples: dict[str, list[int]] = {name: [] for name in names}
     round_medians: dict[str, list[float]] = {name: [] for name in names}
     cpu = dict.fromkeys(names, 0)
     for _ in range(plan.latency_rounds):
-        got, used = _interleaved_round(clients.latency, request, plan.latency_calls)
+        got, used = interleaved_round(clients.latency, request, plan.latency_calls)
         for name in names:
             samples[name].extend(got[name])
             round_medians[name].append(statistics.median(got[name]))

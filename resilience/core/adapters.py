@@ -48,6 +48,12 @@ async def _next(responses: AsyncIterator[Any]) -> Any:
         return _END
 
 
+async def _awaited(handler: Handler, call: Call) -> Any:
+    """Call ``handler`` on the loop: an async handler may return any awaitable (the client
+    terminal returns grpc.aio's call object), which must be made on the loop's thread."""
+    return await handler(call)
+
+
 def _blocking_stream(responses: AsyncIterator[Any], loop: asyncio.AbstractEventLoop
                      ) -> Iterator[Any]:
     """An async response stream, read from a worker thread one item at a time."""
@@ -65,7 +71,7 @@ def adapt_sync(
         loop = _LOOP.get()
         if streaming:
             return _blocking_stream(handler(call), loop)
-        return asyncio.run_coroutine_threadsafe(handler(call), loop).result()
+        return asyncio.run_coroutine_threadsafe(_awaited(handler, call), loop).result()
 
     instance = factory(bridge, options, info)
 

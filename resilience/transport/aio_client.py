@@ -8,6 +8,7 @@ makes a cancelled caller cancel the RPC.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from time import monotonic
 from typing import Any
 
 import grpc
@@ -18,9 +19,7 @@ from resilience.core.call import Call, CallKind
 from resilience.core.middleware import Handler
 from resilience.transport.client import (
     CHANNEL_OPTIONS,
-    CallOptions,
     ChainedChannel,
-    ChainMultiCallable,
     attempt_metadata,
     call_kwargs,
     remaining_timeout,
@@ -43,44 +42,37 @@ def _terminal(inner: Any, kind: CallKind) -> Handler:
 
         return stream
 
-    async def unary(call: Call) -> Any:
+    def unary(call: Call) -> Any:
+        """grpc.aio's call object itself, the awaitable of the layer above: a coroutine of
+        our own around it would cost a frame per call. A deadline already passed gives an
+        awaitable that raises, as grpc's call would."""
         if call.context is None:  # no call options: skip building a kwargs dict
-            return await inner(
-                call.request, timeout=remaining_timeout(call),
+            timeout = call.deadline
+            if timeout is not None:
+                timeout -= monotonic()
+                if timeout <= 0:
+                    return _expired(call)
+            return inner(
+                call.request, timeout=timeout,
                 metadata=(call.metadata or None) if call.attempt == 1 else attempt_metadata(call),
             )
-        return await inner(call.request, **call_kwargs(call))
+        if call.deadline is not None and call.deadline <= monotonic():
+            return _expired(call)
+        return inner(call.request, **call_kwargs(call))
 
     return unary
 
 
-class _AioMultiCallable(ChainMultiCallable):
-    """grpc.aio's calling convention: call options are keyword-only."""
-
-    __slots__ = ()
-
-    def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Sequence[tuple[str, str | bytes]] | None = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        """A coroutine for a unary response, an async iterator for a response stream."""
-        options = None
-        if credentials is not None or wait_for_ready is not None or compression is not None:
-            options = CallOptions(credentials, wait_for_ready, compression)
-        return self._chain(self._call(request, timeout, metadata, options))
+async def _expired(call: Call) -> Any:
+    """Raises DEADLINE_EXCEEDED when awaited: the deadline passed before the attempt (and
+    the monotonic clock never goes back, so ``remaining_timeout`` raises)."""
+    return remaining_timeout(call)
 
 
 class AioResilientChannel(ChainedChannel, grpc.aio.Channel):
     """Wraps a ``grpc.aio.Channel`` so that every method runs through its async chain."""
 
     is_async = True
-    multicallable = _AioMultiCallable
 
     def _terminal(self, inner: Any, kind: CallKind) -> Handler:
         return _terminal(inner, kind)

@@ -148,7 +148,9 @@ class ChainMultiCallable:
     """Stands in for grpc's multicallables; ``__call__`` builds a Call and runs the chain.
 
     The chain's result is returned as is: a response or an iterator on a sync channel, an
-    awaitable or an async iterator on an asyncio one.
+    awaitable (a coroutine) or an async iterator on an asyncio one. grpc.aio takes the call
+    options as keywords only; this accepts them as grpc's sync multicallables do, a
+    superset, so both channels share this one per-call path.
     """
 
     __slots__ = ("_chain", "_kind", "_method")
