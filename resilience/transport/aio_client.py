@@ -18,13 +18,12 @@ from resilience.conf.chains import ChainResolver
 from resilience.core.call import Call, CallKind
 from resilience.core.middleware import Handler
 from resilience.transport.client import (
-    CHANNEL_OPTIONS,
     ChainedChannel,
     attempt_metadata,
     call_kwargs,
+    open_channel,
     remaining_timeout,
 )
-from resilience.transport.credentials import channel_credentials, channel_options
 
 
 def _terminal(inner: Any, kind: CallKind) -> Handler:
@@ -107,12 +106,5 @@ def aio_connect(
 
     Without ``credentials`` the channel uses TLS as the CLIENT_TLS_* settings say.
     """
-    if credentials is None:  # from the CLIENT_TLS_* settings; None is plaintext
-        credentials = channel_credentials(settings)
-        options = [*channel_options(settings), *options]
-    all_options = [*CHANNEL_OPTIONS, *options]
-    if credentials is None:
-        channel = grpc.aio.insecure_channel(target, options=all_options)
-    else:
-        channel = grpc.aio.secure_channel(target, credentials, options=all_options)
+    channel = open_channel(grpc.aio, target, settings, credentials, options)
     return AioResilientChannel(channel, ChainResolver(settings, is_async=True), target)

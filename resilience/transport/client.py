@@ -334,13 +334,24 @@ def connect(
 
     Without ``credentials`` the channel uses TLS as the CLIENT_TLS_* settings say.
     """
+    channel = open_channel(grpc, target, settings, credentials, options)
+    return ResilientChannel(channel, ChainResolver(settings, is_async=False), target)
+
+
+def open_channel(
+    module: Any,
+    target: str,
+    settings: Any,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]],
+) -> Any:
+    """A plain channel from ``module`` (``grpc`` or ``grpc.aio``) with grpcio's retries off
+    and, without explicit ``credentials``, TLS as the CLIENT_TLS_* settings say."""
     if credentials is None:  # from the CLIENT_TLS_* settings; None is plaintext
         credentials = channel_credentials(settings)
         options = [*channel_options(settings), *options]
     all_options = [*CHANNEL_OPTIONS, *options]
     if credentials is None:
-        channel = grpc.insecure_channel(target, options=all_options)
-    else:
-        channel = grpc.secure_channel(target, credentials, options=all_options)
-    return ResilientChannel(channel, ChainResolver(settings, is_async=False), target)
+        return module.insecure_channel(target, options=all_options)
+    return module.secure_channel(target, credentials, options=all_options)
 
