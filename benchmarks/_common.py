@@ -16,15 +16,17 @@ import multiprocessing
 import os
 import platform
 import statistics
+import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import grpc
 from rich.console import Console
+from rich.table import Table
 
 from resilience.conf.settings import Settings
 
@@ -400,6 +402,57 @@ def print_footer(console: Console, results: dict[str, Any]) -> None:
         f"{results['elapsed_s']:.0f}s"
         + (f"; written to {results['output']}" if results.get("output") else "")
     )
+
+
+class OverheadReport:
+    """The table the two overhead benchmarks print: one column per client, then rows of
+    latency, in-process cost and throughput, each figure or "-" where a client has none."""
+
+    def __init__(self, title: str, quick: bool, columns: dict[str, str], base: str) -> None:
+        self.table = Table(title=f"{title}{' (quick: figures are rough)' if quick else ''}")
+        self.table.add_column("measure")
+        for label in columns.values():
+            self.table.add_column(label, justify="right")
+        self.keys = tuple(columns)
+        self.base = base
+
+    def row(self, label: str, values: dict[str, float], fmt: str,
+            keys: tuple[str, ...] | None = None) -> None:
+        keys = self.keys if keys is None else keys
+        self.table.add_row(label, *[format(values[k], fmt) if k in values else "-"
+                                    for k in keys])
+
+    def latency(self, lat: dict[str, Any]) -> None:
+        self.row("latency median (µs)", lat["median_us"], ".1f")
+        self.row("latency p99 (µs)", lat["p99_us"], ".1f")
+        self.row(f"latency ratio vs {self.base}", lat["ratio"], ".3f")
+        self.row("  median of round ratios", lat["round_ratio_median"], ".3f")
+        self.row("  client CPU µs/call", lat["client_cpu_us_per_call"], ".1f")
+
+    def in_process(self, label: str, ns: dict[str, float], keys: tuple[str, ...]) -> None:
+        """``ns`` per call of each client in ``keys``; the chain alone under "chain_stub"."""
+        self.row(label, ns, ".0f", keys)
+        self.row("  chain alone (no stub/terminal)", {"chain_stub": ns["chain"]}, ".0f", keys)
+
+    def throughput(self, tput: dict[str, Any], workers: str) -> None:
+        self.row(f"throughput calls/s ({workers})", tput["calls_per_s"], ".0f")
+        self.row(f"throughput ratio vs {self.base}", tput["ratio"], ".3f")
+        self.row("  median of round ratios", tput["round_ratio_median"], ".3f")
+        self.row("  client CPU µs/call", tput["client_cpu_us_per_call"], ".1f")
+
+    def print(self, results: dict[str, Any], stdout: TextIO | None, *notes: str) -> None:
+        """The table, the targets, any throughput errors, ``notes`` and the footer."""
+        console = Console(file=stdout or sys.stdout)
+        if not console.is_terminal:
+            console.width = 130
+        console.print(self.table)
+        print_targets(console, results["targets"])
+        errors = {n: e for n, e in results["throughput"]["errors"].items() if e}
+        if errors:
+            console.print(f"[red]errors during throughput runs: {errors}[/]")
+        for note in notes:
+            console.print(note)
+        print_footer(console, results)
 
 
 def header(name: str, quick: bool, plan: Any, *dists: str) -> dict[str, Any]:

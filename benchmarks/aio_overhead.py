@@ -35,8 +35,6 @@ from typing import Any, TextIO
 
 import grpc
 import grpc.aio
-from rich.console import Console
-from rich.table import Table
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from benchmarks._common import (
@@ -47,6 +45,7 @@ from benchmarks._common import (
     RESULTS_DIR,
     VALUE,
     OverheadPlan,
+    OverheadReport,
     ainterleaved_round,
     bench_settings,
     cli,
@@ -54,8 +53,6 @@ from benchmarks._common import (
     header,
     interleaved_round,
     percentile,
-    print_footer,
-    print_targets,
     ratio_targets,
     rotated,
     round_ratio_medians,
@@ -373,45 +370,18 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
-    console = Console(file=stdout or sys.stdout)
-    if not console.is_terminal:
-        console.width = 130
     lat, inproc, tput = results["latency"], results["in_process"], results["throughput"]
-    title = f"aio chain overhead{' (quick: figures are rough)' if results['quick'] else ''}"
-    table = Table(title=title)
-    table.add_column("measure")
-    table.add_column("bare aio", justify="right")
-    table.add_column("bare aio, timeout=1", justify="right")
-    table.add_column("aio chain", justify="right")
-    table.add_column("bare sync", justify="right")
-    table.add_column("sync chain", justify="right")
-
-    def row(label: str, values: dict[str, float], fmt: str, keys: tuple[str, ...]) -> None:
-        table.add_row(label, *[format(values[k], fmt) if k in values else "-" for k in keys])
-
-    keys = (*AIO_CLIENTS, *SYNC_CLIENTS)
-    row("latency median (µs)", lat["median_us"], ".1f", keys)
-    row("latency p99 (µs)", lat["p99_us"], ".1f", keys)
-    row("latency ratio vs bare aio", lat["ratio"], ".3f", keys)
-    row("  median of round ratios", lat["round_ratio_median"], ".3f", keys)
-    row("  client CPU µs/call", lat["client_cpu_us_per_call"], ".1f", keys)
-    row("aio ÷ sync latency (round medians)", lat["aio_vs_sync"], ".3f", keys)
-    ns = inproc["ns_per_call"]
-    ns_keys = ("bare_await", "-", "chain_stub", "-", "-")
-    row("in-process ns/awaited call", ns, ".0f", ns_keys)
-    row("  chain alone (no stub/terminal)", {"chain_stub": ns["chain"]}, ".0f", ns_keys)
-    row(f"throughput calls/s ({tput['tasks']} tasks)", tput["calls_per_s"], ".0f", keys)
-    row("throughput ratio vs bare aio", tput["ratio"], ".3f", keys)
-    row("  median of round ratios", tput["round_ratio_median"], ".3f", keys)
-    row("  client CPU µs/call", tput["client_cpu_us_per_call"], ".1f", keys)
-    console.print(table)
-    print_targets(console, results["targets"])
-    errors = {n: e for n, e in tput["errors"].items() if e}
-    if errors:
-        console.print(f"[red]errors during throughput runs: {errors}[/]")
-    console.print(f"server: {results['server']}; aio clients on one event loop, sync clients "
-                  f"called between aio rounds with the loop idle")
-    print_footer(console, results)
+    out = OverheadReport("aio chain overhead", results["quick"], {
+        "bare": "bare aio", "bare_timeout": "bare aio, timeout=1", "chain": "aio chain",
+        "sync_bare": "bare sync", "sync_chain": "sync chain",
+    }, base="bare aio")
+    out.latency(lat)
+    out.row("aio ÷ sync latency (round medians)", lat["aio_vs_sync"], ".3f")
+    out.in_process("in-process ns/awaited call", inproc["ns_per_call"],
+                   ("bare_await", "-", "chain_stub", "-", "-"))
+    out.throughput(tput, f"{tput['tasks']} tasks")
+    out.print(results, stdout, f"server: {results['server']}; aio clients on one event loop, "
+              "sync clients called between aio rounds with the loop idle")
 
 
 # --- entry points ------------------------------------------------------------------------

@@ -33,8 +33,6 @@ from typing import Any, TextIO
 
 import grpc
 import pybreaker
-from rich.console import Console
-from rich.table import Table
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
@@ -46,14 +44,13 @@ from benchmarks._common import (
     RESULTS_DIR,
     VALUE,
     OverheadPlan,
+    OverheadReport,
     bench_settings,
     cli,
     finish,
     header,
     interleaved_round,
     percentile,
-    print_footer,
-    print_targets,
     ratio_targets,
     rotated,
     server_process,
@@ -373,42 +370,17 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
-    console = Console(file=stdout or sys.stdout)
-    if not console.is_terminal:
-        console.width = 130
     lat, inproc, tput = results["latency"], results["in_process"], results["throughput"]
-    title = f"chain overhead{' (quick: figures are rough)' if results['quick'] else ''}"
-    table = Table(title=title)
-    table.add_column("measure")
-    table.add_column("bare", justify="right")
-    table.add_column("bare, timeout=1", justify="right")
-    table.add_column("chain", justify="right")
-    table.add_column("tenacity+pybreaker", justify="right")
-    table.add_column("pybreaker call()", justify="right")
+    out = OverheadReport("chain overhead", results["quick"], {
+        "bare": "bare", "bare_timeout": "bare, timeout=1", "chain": "chain",
+        "tenacity": "tenacity+pybreaker", "pybreaker_call": "pybreaker call()",
+    }, base="bare")
+    out.latency(lat)
+    out.in_process("in-process ns/call", inproc["ns_per_call"],
+                   ("bare_call", "-", "chain_stub", "tenacity", "pybreaker_call"))
+    out.throughput(tput, f"{tput['threads']} threads")
+    out.print(results, stdout)
 
-    def row(label: str, values: dict[str, float], fmt: str, keys: tuple[str, ...]) -> None:
-        table.add_row(label, *[format(values[k], fmt) if k in values else "-" for k in keys])
-
-    keys = ("bare", "bare_timeout", "chain", "tenacity", "pybreaker_call")
-    row("latency median (µs)", lat["median_us"], ".1f", keys)
-    row("latency p99 (µs)", lat["p99_us"], ".1f", keys)
-    row("latency ratio vs bare", lat["ratio"], ".3f", keys)
-    row("  median of round ratios", lat["round_ratio_median"], ".3f", keys)
-    row("  client CPU µs/call", lat["client_cpu_us_per_call"], ".1f", keys)
-    ns = dict(inproc["ns_per_call"])
-    ns_keys = ("bare_call", "-", "chain_stub", "tenacity", "pybreaker_call")
-    row("in-process ns/call", ns, ".0f", ns_keys)
-    row("  chain alone (no stub/terminal)", {"chain_stub": ns["chain"]}, ".0f", ns_keys)
-    row(f"throughput calls/s ({tput['threads']} threads)", tput["calls_per_s"], ".0f", keys)
-    row("throughput ratio vs bare", tput["ratio"], ".3f", keys)
-    row("  median of round ratios", tput["round_ratio_median"], ".3f", keys)
-    row("  client CPU µs/call", tput["client_cpu_us_per_call"], ".1f", keys)
-    console.print(table)
-    print_targets(console, results["targets"])
-    errors = {n: e for n, e in tput["errors"].items() if e}
-    if errors:
-        console.print(f"[red]errors during throughput runs: {errors}[/]")
-    print_footer(console, results)
 
 # --- entry points ------------------------------------------------------------------------
 
