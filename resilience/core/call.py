@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 Side = Literal["client", "server"]
@@ -90,6 +91,92 @@ class Call:
 
     def __repr__(self) -> str:
         return f"<Call {self.side} {self.method} attempt={self.attempt}>"
+
+
+class CancelScope:
+    """What cancelling one logical client call reaches: every attempt it has started, and
+    every attempt it would start (the terminal refuses them with CANCELLED).
+
+    Shared by a call's ``CallOptions`` and those Hedging makes for its attempts, so that
+    ``cancel()`` on the object a stub returned ends whichever attempts are in flight.
+    """
+
+    __slots__ = ("cancelled", "rpcs")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.rpcs: list[Any] = []
+
+    def add(self, rpc: Any) -> None:
+        """Keep an attempt's grpc call; cancel it at once if the call was cancelled."""
+        self.rpcs.append(rpc)
+        if self.cancelled:
+            rpc.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for rpc in list(self.rpcs):
+            rpc.cancel()
+
+
+class CallOptions:
+    """A client call's grpc arguments that middleware do not touch, carried in
+    ``Call.context`` to the terminal, and what the terminal reports back.
+
+    The terminal leaves each attempt's grpc call in ``grpc_call`` (the last one started),
+    so the object a stub returned can answer ``initial_metadata()``, ``code()`` and the
+    rest for the attempt that decided the outcome. ``scope``, when set, is how the caller
+    cancels the call (``CancelScope``). ``on_start``, when set, makes the sync terminal
+    start a unary attempt as a grpc future and hand it over before waiting for it, so a
+    layer above (Hedging, ``future()``) can cancel it from another thread. ``waiter`` is
+    an asyncio future the asyncio terminal resolves with the first grpc call it starts,
+    for ``write()`` on a call whose chain runs in a task.
+    """
+
+    __slots__ = (
+        "capture",
+        "compression",
+        "credentials",
+        "grpc_call",
+        "on_start",
+        "scope",
+        "wait_for_ready",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+        capture: bool = False,
+        on_start: Callable[[Any], None] | None = None,
+        scope: CancelScope | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+        self.capture = capture
+        self.on_start = on_start
+        self.scope = scope
+        self.grpc_call: Any = None
+        self.waiter: Any = None
+
+    def child(self) -> CallOptions:
+        """Options for one of several concurrent attempts (Hedging): the same arguments
+        and cancel scope, its own ``grpc_call``."""
+        return CallOptions(self.credentials, self.wait_for_ready, self.compression,
+                           self.capture, None, self.scope)
+
+    def started(self, rpc: Any) -> None:
+        """The terminal started ``rpc`` for this call: keep it, and cancel it at once if
+        the caller already cancelled."""
+        self.grpc_call = rpc
+        if self.scope is not None:
+            self.scope.add(rpc)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(rpc)
 
 
 new_call = object.__new__

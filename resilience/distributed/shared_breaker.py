@@ -208,20 +208,18 @@ class RedisCircuitBreaker(CircuitBreaker):
         return response
 
     def _shared_stream(self, call: Call) -> Iterator[Any]:
-        """Admit on the first ``next()``, record when the stream ends."""
+        """Admit and start now, as grpc starts a stream; record when the stream ends."""
         try:
             probe = self._admit_shared()
         except RpcStatusError as error:
             if self._fallback is None:
                 raise
-            yield from self._fallback(call.request, error)
-            return
+            return iter(self._fallback(call.request, error))
         if probe is None:
-            yield from self._guard_stream(call)
-            return
+            return self._guard_stream(call)
         # ``_record`` ignores what cannot change the shared state: an interruption, or a
         # success with nothing to reset.
-        yield from self._settled_stream(call, probe, self._record)
+        return self._started_stream(call, probe, self._record)
 
     # --- the asyncio path -----------------------------------------------------------------
 

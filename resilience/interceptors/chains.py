@@ -110,5 +110,5 @@ def make_call(name: str, kind: CallKind, request: Any, details: Any) -> Call:
 def captured(call: Call, rpc: Any) -> None:
     """Keep the attempt's grpc call, whose metadata and status the outcome reports."""
     opts: CallOptions | None = call.context
-    if opts is not None and opts.capture:
-        opts.grpc_call = rpc
+    if opts is not None:
+        opts.started(rpc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -38,13 +37,11 @@ def _sync_terminal(method: str | bytes, kind: CallKind) -> Handler:
     losing attempts run to their end or deadline instead of being cancelled)."""
     if kind.response_streaming:
 
-        def stream(call: Call) -> Iterator[Any]:
+        def stream(call: Call) -> Any:
+            """Started now, as grpc starts a stream; grpc's call is the stream itself."""
             rpc = CONTINUATION.get()(_details(method, call), call.request)
             captured(call, rpc)
-            try:
-                yield from rpc
-            finally:
-                rpc.cancel()  # a consumer that stops early must not leave the RPC running
+            return rpc
 
         return stream
 

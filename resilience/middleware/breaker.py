@@ -246,25 +246,40 @@ class CircuitBreaker(Middleware):
         return response
 
     def _guard_stream(self, call: Call) -> Iterator[Any]:
-        """Admit on first ``next()`` and record when the stream ends, since only then is
-        the outcome known. An unstarted stream therefore never holds the trial slot."""
+        """Admit now, as grpc starts a stream when the stub is called, and record when the
+        stream ends, since only then is the outcome known."""
         try:
             probe = None if self._storage.state == pybreaker.STATE_CLOSED else self._admit()
         except RpcStatusError as error:
             if self._fallback is None:
                 raise
-            yield from self._fallback(call.request, error)
-            return
-        yield from self._settled_stream(call, probe, self._settle)
+            return iter(self._fallback(call.request, error))
+        return self._started_stream(call, probe, self._settle)
+
+    def _started_stream(self, call: Call, probe: Any,
+                        settle: Callable[[Any, BaseException | None], None]) -> Iterator[Any]:
+        """Start the admitted call; a failure to start settles it at once."""
+        try:
+            responses = self.handler(call)
+        except Exception as exc:
+            settle(probe, exc)
+            if self._fallback is None or status_of(exc) not in self._failure_codes:
+                raise
+            return iter(self._fallback(call.request, exc))
+        except BaseException as exc:
+            settle(probe, exc)
+            raise
+        return self._settled_stream(call, probe, settle, responses)
 
     def _settled_stream(self, call: Call, probe: Any,
-                        settle: Callable[[Any, BaseException | None], None]) -> Iterator[Any]:
+                        settle: Callable[[Any, BaseException | None], None],
+                        responses: Any) -> Iterator[Any]:
         """The handler's responses, settled (``settle(probe, error or None)``) when the
         stream ends, with the fallback answering a failure before the first response; the
         Redis breaker settles through Redis with the same loop."""
         sent = False
         try:
-            for response in self.handler(call):
+            for response in responses:
                 sent = True
                 yield response
         except Exception as exc:
@@ -302,19 +317,30 @@ class CircuitBreaker(Middleware):
             self._settle(probe, None)
         return response
 
-    async def _astream(self, call: Call) -> AsyncIterator[Any]:
-        """``_guard_stream`` for asyncio: admit on the first ``__anext__``, record at the end."""
+    def _astream(self, call: Call) -> AsyncIterator[Any]:
+        """``_guard_stream`` for asyncio: admit and start now, record at the end."""
         try:
             probe = None if self._storage.state == pybreaker.STATE_CLOSED else self._admit()
         except RpcStatusError as error:
             if self._fallback is None:
                 raise
-            async for response in self._afallback_stream(call.request, error):
-                yield response
-            return
+            return self._afallback_stream(call.request, error)
+        try:
+            rpc = self.handler(call)
+        except Exception as exc:
+            self._settle(probe, exc)
+            if self._fallback is None or status_of(exc) not in self._failure_codes:
+                raise
+            return self._afallback_stream(call.request, exc)
+        except BaseException as exc:
+            self._settle(probe, exc)
+            raise
+        return self._asettled_stream(call, probe, rpc)
+
+    async def _asettled_stream(self, call: Call, probe: Any, rpc: Any) -> AsyncIterator[Any]:
         sent = False
         try:
-            async for response in self.handler(call):
+            async for response in rpc:
                 sent = True
                 yield response
         except Exception as exc:

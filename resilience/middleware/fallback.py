@@ -137,13 +137,23 @@ class Fallback(Middleware):
         return response
 
     def _stream(self, call: Call) -> Iterator[Any]:
-        """Observe each response; fall back only if the call fails before the first one."""
+        """Start the call now (grpc starts a stream when the stub is called); observe each
+        response; fall back only if the call fails before the first one."""
+        try:
+            responses = self.handler(call)
+        except grpc.RpcError as exc:
+            if not self._serves(exc):
+                raise
+            fallback = self._function(call.request, exc)
+            self._served(exc)
+            return iter(fallback)
+        return self._observed(call, responses)
+
+    def _observed(self, call: Call, responses: Any) -> Iterator[Any]:
         request = call.request
         observe = self._observe
-        responses = None
         sent = False
         try:
-            responses = iter(self.handler(call))
             for response in responses:
                 sent = True
                 if observe is not None:
@@ -173,14 +183,22 @@ class Fallback(Middleware):
             await self._anotice(call.request, response)
         return response
 
-    async def _astream(self, call: Call) -> AsyncIterator[Any]:
-        """``_stream`` for asyncio."""
-        request = call.request
-        observe = self._observe
-        rpc = responses = None
-        sent = False
+    def _astream(self, call: Call) -> AsyncIterator[Any]:
+        """``_stream`` for asyncio: the call starts now."""
         try:
             rpc = self.handler(call)
+        except grpc.RpcError as exc:
+            if not self._serves(exc):
+                raise
+            return self._afallback(call.request, exc)
+        return self._aobserved(call, rpc)
+
+    async def _aobserved(self, call: Call, rpc: Any) -> AsyncIterator[Any]:
+        request = call.request
+        observe = self._observe
+        responses = None
+        sent = False
+        try:
             responses = aiter(rpc)  # a grpc.aio stream call is iterable, not an iterator
             async for response in responses:
                 sent = True
@@ -190,16 +208,21 @@ class Fallback(Middleware):
         except grpc.RpcError as exc:
             if sent or not self._serves(exc):
                 raise
-            fallback = await self._aserve(request, exc)
-            if hasattr(fallback, "__aiter__"):
-                async for response in fallback:
-                    yield response
-            else:
-                for response in fallback:
-                    yield response
+            async for response in self._afallback(request, exc):
+                yield response
         except GeneratorExit:
             await end_early(rpc, responses)
             raise
+
+    async def _afallback(self, request: Any, error: grpc.RpcError) -> AsyncIterator[Any]:
+        """The fallback's responses, from a sync or an async iterable."""
+        fallback = await self._aserve(request, error)
+        if hasattr(fallback, "__aiter__"):
+            async for response in fallback:
+                yield response
+        else:
+            for response in fallback:
+                yield response
 
     def _serves(self, error: grpc.RpcError) -> bool:
         """Is this failure one the fallback answers?"""

@@ -45,12 +45,11 @@ from typing import Any, cast
 import grpc
 import structlog
 
-from resilience.core.call import Call
+from resilience.core.call import Call, CallOptions
 from resilience.core.errors import MiddlewareNotUsed, RpcStatusError, status_of
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
 from resilience.limits.retry_budget import RetryBudget, budget_problems, shared_budget
 from resilience.middleware.context import rebind_attempt
-from resilience.transport.client import CallOptions
 
 log = structlog.get_logger(__name__)
 
@@ -297,11 +296,7 @@ class Hedging(Middleware):
                outcomes: queue.SimpleQueue[tuple[_SyncAttempt, bool, Any]]) -> None:
         """Submit attempt ``n`` to the pool with a context whose RPC can be cancelled."""
         opts: CallOptions | None = call.context
-        context = (
-            CallOptions(None, None, None) if opts is None
-            else CallOptions(opts.credentials, opts.wait_for_ready, opts.compression,
-                             opts.capture)
-        )
+        context = CallOptions() if opts is None else opts.child()
         attempt = _SyncAttempt(n, context)
         context.on_start = attempt.started
         attempts.append(attempt)
@@ -350,7 +345,10 @@ class Hedging(Middleware):
                     error = task.exception()
                     if error is None:
                         self._won(call, tasks[task], sent)
-                        return task.result()
+                        response, opts = task.result()
+                        if call.context is not None and opts is not None:
+                            call.context.grpc_call = opts.grpc_call
+                        return response
                     if self._fatal(error):
                         raise error
                     last = error
@@ -366,14 +364,18 @@ class Hedging(Middleware):
 
     def _astart(self, loop: asyncio.AbstractEventLoop, call: Call, n: int,
                 tasks: dict[asyncio.Task[Any], int]) -> asyncio.Task[Any]:
-        task = loop.create_task(self._aattempt(call.replace(attempt=n)))
+        opts: CallOptions | None = call.context
+        task = loop.create_task(self._aattempt(
+            call.replace(attempt=n, context=None if opts is None else opts.child())
+        ))
         task.add_done_callback(_retrieve)
         tasks[task] = n
         return task
 
     async def _aattempt(self, call: Call) -> Any:
         rebind_attempt(call.attempt)  # the task runs in its own copy of the context
-        return await self.handler(call)
+        response = await self.handler(call)
+        return response, call.context
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

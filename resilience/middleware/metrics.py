@@ -272,7 +272,7 @@ class Metrics(Middleware):
         except AttributeError:
             shard = self.series.adopt()
         shard.started += 1
-        if self._request_streaming:
+        if self._request_streaming and call.request is not None:  # None: grpc.aio write()
             call = call.replace(request=self._count_requests(call.request,
                                                              self.series.count_request))
         return shard, call, _clock() if self._histogram else None

@@ -196,22 +196,39 @@ class Retry(Middleware):
             current = call.replace(attempt=attempt)
 
     def _stream(self, call: Call) -> Iterator[Any]:
-        """Retry until the first response arrives; after that, errors reach the caller.
-        The attempt counts as a success for the budget once it commits (or ends empty)."""
+        """Start the first attempt now, as grpc starts a stream when the stub is called,
+        and retry in the stream until the first response arrives."""
+        try:
+            responses = self.handler(call if call.attempt == 1 else call.replace(attempt=1))
+        except grpc.RpcError as exc:
+            if not self._may_retry(exc):
+                raise
+            return self._retrying(call, None, exc)
+        return self._retrying(call, responses, None)
+
+    def _retrying(self, call: Call, responses: Any, error: grpc.RpcError | None
+                  ) -> Iterator[Any]:
+        """After the first response, errors reach the caller. The attempt counts as a
+        success for the budget once it commits (or ends empty)."""
         attempt = 1
-        current = call if call.attempt == 1 else call.replace(attempt=1)
         while True:
-            try:
-                responses = iter(self.handler(current))
-                first = next(responses)
-                break
-            except StopIteration:
-                self._committed()
-                return
-            except grpc.RpcError as exc:
-                self.sleep(self._backoff_or_raise(call, attempt, exc))
+            if error is None:
+                try:
+                    responses = iter(responses)
+                    first = next(responses)
+                    break
+                except StopIteration:
+                    self._committed()
+                    return
+                except grpc.RpcError as exc:
+                    error = exc
+            self.sleep(self._backoff_or_raise(call, attempt, error))
             attempt += 1
-            current = call.replace(attempt=attempt)
+            error = None
+            try:
+                responses = self.handler(call.replace(attempt=attempt))
+            except grpc.RpcError as exc:
+                error = exc
         self._committed()
         try:
             yield first
@@ -240,23 +257,37 @@ class Retry(Middleware):
             attempt += 1
             current = call.replace(attempt=attempt)
 
-    async def _astream(self, call: Call) -> AsyncIterator[Any]:
-        """``_stream`` for asyncio: retry until the first response, then pass the rest on."""
+    def _astream(self, call: Call) -> AsyncIterator[Any]:
+        """``_stream`` for asyncio: the first attempt starts now."""
+        try:
+            rpc = self.handler(call if call.attempt == 1 else call.replace(attempt=1))
+        except grpc.RpcError as exc:
+            if not self._may_retry(exc):
+                raise
+            return self._aretrying(call, None, exc)
+        return self._aretrying(call, rpc, None)
+
+    async def _aretrying(self, call: Call, rpc: Any, error: grpc.RpcError | None
+                         ) -> AsyncIterator[Any]:
         attempt = 1
-        current = call if call.attempt == 1 else call.replace(attempt=1)
         while True:
-            try:
-                rpc = self.handler(current)
-                responses = aiter(rpc)  # a grpc.aio stream call is iterable, not an iterator
-                first = await anext(responses)
-                break
-            except StopAsyncIteration:
-                self._committed()
-                return
-            except grpc.RpcError as exc:
-                await self.asleep(self._backoff_or_raise(call, attempt, exc))
+            if error is None:
+                try:
+                    responses = aiter(rpc)  # a grpc.aio stream call is iterable, not an iterator
+                    first = await anext(responses)
+                    break
+                except StopAsyncIteration:
+                    self._committed()
+                    return
+                except grpc.RpcError as exc:
+                    error = exc
+            await self.asleep(self._backoff_or_raise(call, attempt, error))
             attempt += 1
-            current = call.replace(attempt=attempt)
+            error = None
+            try:
+                rpc = self.handler(call.replace(attempt=attempt))
+            except grpc.RpcError as exc:
+                error = exc
         self._committed()
         try:
             yield first
@@ -265,6 +296,10 @@ class Retry(Middleware):
         except GeneratorExit:
             await end_early(rpc, responses)
             raise
+
+    def _may_retry(self, error: grpc.RpcError) -> bool:
+        """Could another attempt follow this error (before budget, attempts and time)?"""
+        return status_of(error) in self.retryable_codes and getattr(error, "retryable", True)
 
     def _committed(self) -> None:
         """A stream's attempt got its first response (or ended empty): a success."""
@@ -278,9 +313,9 @@ class Retry(Middleware):
         A failure with a retryable status is charged to the budget first, whether or not
         a retry follows (A6); any other error counts as neither success nor failure.
         """
-        code = status_of(error)
-        if code not in self.retryable_codes or not getattr(error, "retryable", True):
+        if not self._may_retry(error):
             raise error
+        code = status_of(error)
         budget = self.budget
         if budget is not None:
             budget.record_failure()

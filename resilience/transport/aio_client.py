@@ -7,7 +7,7 @@ makes a cancelled caller cancel the RPC.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from time import monotonic
 from typing import Any
 
@@ -15,10 +15,13 @@ import grpc
 import grpc.aio
 
 from resilience.conf.chains import ChainResolver
-from resilience.core.call import Call, CallKind
+from resilience.core.call import Call, CallKind, CallOptions, CancelScope, new_call
+from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import Handler
+from resilience.transport.aio_calls import AioStreamCall, AioUnaryCall
 from resilience.transport.client import (
     ChainedChannel,
+    ChainMultiCallable,
     attempt_metadata,
     call_kwargs,
     open_channel,
@@ -27,37 +30,42 @@ from resilience.transport.client import (
 
 
 def _terminal(inner: Any, kind: CallKind) -> Handler:
-    """The innermost handler: the grpc.aio multicallable, with the chain's deadline."""
+    """The innermost handler: the grpc.aio multicallable, with the chain's deadline.
+
+    It returns grpc.aio's call object itself, the awaitable (or stream) of the layer
+    above, and leaves it in the call's options for the object the stub returned.
+    """
     if kind.response_streaming:
 
-        async def stream(call: Call) -> AsyncIterator[Any]:
-            responses = inner(call.request, **call_kwargs(call))
-            try:
-                async for response in responses:
-                    yield response
-            finally:
-                # A consumer that stops early must not leave the RPC running.
-                responses.cancel()
+        def stream(call: Call) -> Any:
+            opts: CallOptions = call.context
+            if opts.scope is not None and opts.scope.cancelled:
+                raise RpcStatusError(grpc.StatusCode.CANCELLED,
+                                     f"{call.method} was cancelled by the client",
+                                     retryable=False)
+            rpc = inner(call.request, **call_kwargs(call))
+            opts.started(rpc)
+            return rpc
 
         return stream
 
     def unary(call: Call) -> Any:
-        """grpc.aio's call object itself, the awaitable of the layer above: a coroutine of
-        our own around it would cost a frame per call. A deadline already passed gives an
-        awaitable that raises, as grpc's call would."""
-        if call.context is None:  # no call options: skip building a kwargs dict
-            timeout = call.deadline
-            if timeout is not None:
-                timeout -= monotonic()
-                if timeout <= 0:
-                    return _expired(call)
-            return inner(
-                call.request, timeout=timeout,
-                metadata=(call.metadata or None) if call.attempt == 1 else attempt_metadata(call),
-            )
-        if call.deadline is not None and call.deadline <= monotonic():
-            return _expired(call)
-        return inner(call.request, **call_kwargs(call))
+        """A deadline already passed gives an awaitable that raises, as grpc's call
+        would."""
+        timeout = call.deadline
+        if timeout is not None:
+            timeout -= monotonic()
+            if timeout <= 0:
+                return _expired(call)
+        opts: CallOptions = call.context
+        rpc = inner(
+            call.request, timeout=timeout,
+            metadata=(call.metadata or None) if call.attempt == 1 else attempt_metadata(call),
+            credentials=opts.credentials, wait_for_ready=opts.wait_for_ready,
+            compression=opts.compression,
+        )
+        opts.started(rpc)
+        return rpc
 
     return unary
 
@@ -68,10 +76,66 @@ async def _expired(call: Call) -> Any:
     return remaining_timeout(call)
 
 
+class _AioUnaryMultiCallable(ChainMultiCallable):
+    """grpc.aio's unary-response multicallable: returns a started call object. A chain
+    whose layers all hand grpc.aio's call back untouched returns that call itself."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        options = CallOptions(credentials, wait_for_ready, compression, True)
+        call = new_call(Call)
+        call.method = self._method
+        call.kind = self._kind
+        call.side = "client"
+        call.request = request
+        call.metadata = tuple(metadata) if metadata else ()
+        call.deadline = None if timeout is None else monotonic() + timeout
+        call.attempt = 1
+        call.context = options
+        result = self._chain(call)
+        if isinstance(result, grpc.aio.Call):
+            return result
+        return AioUnaryCall(result, options, call.deadline)
+
+
+class _AioStreamMultiCallable(ChainMultiCallable):
+    """grpc.aio's response-streaming multicallable: returns a started ``AioStreamCall``."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> AioStreamCall:
+        options = CallOptions(credentials, wait_for_ready, compression, True,
+                              scope=CancelScope())
+        call = self._call(request, timeout, metadata, options)
+        try:
+            responses = self._chain(call)
+        except grpc.RpcError as exc:  # refused before any attempt: raised on first read
+            return AioStreamCall(None, options, call.deadline, exc)
+        return AioStreamCall(responses, options, call.deadline)
+
+
 class AioResilientChannel(ChainedChannel, grpc.aio.Channel):
     """Wraps a ``grpc.aio.Channel`` so that every method runs through its async chain."""
 
     is_async = True
+    multicallables = (_AioUnaryMultiCallable, _AioStreamMultiCallable)
 
     def _terminal(self, inner: Any, kind: CallKind) -> Handler:
         return _terminal(inner, kind)

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from time import monotonic
 from typing import Any, ClassVar
 
 import grpc
 
 from resilience.conf.chains import ChainResolver
-from resilience.core.call import Call, CallKind, new_call
+from resilience.core.call import Call, CallKind, CallOptions, CancelScope, new_call
 from resilience.core.chain import build_chain
 from resilience.core.errors import ImproperlyConfigured, RpcStatusError
 from resilience.core.middleware import Handler, Middleware
 from resilience.metrics.recorder import recorder_for
+from resilience.transport.calls import Answered, ChainFuture, StreamCall
 from resilience.transport.credentials import channel_credentials, channel_options
 
 # grpcio retries transparently by default; ours would multiply with them, so every channel
 # the framework builds turns them off and leaves retrying to the Retry middleware.
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.enable_retries", 0),)
+
+#: Threads per sync channel that run ``future()`` calls; more wait for a free one.
+FUTURE_THREADS = 64
 
 #: Metadata the terminal adds to every attempt after the first (Retry, Hedging), so that a
 #: server's RequestContext can log which attempt it is serving. The first attempt has none.
@@ -41,34 +46,6 @@ def normalise_method(method: str | bytes) -> str:
     if isinstance(method, bytes):
         method = method.decode("ascii")
     return method.lstrip("/")
-
-
-class CallOptions:
-    """The per-call grpc arguments that middleware do not touch, carried to the terminal.
-
-    ``on_start``, when set, makes the sync terminal start the RPC as a grpc future and hand
-    it to ``on_start`` before waiting for it, so that a layer above (Hedging) can cancel
-    the RPC from another thread; a cancelled RPC then fails with CANCELLED.
-    """
-
-    __slots__ = (
-        "capture", "compression", "credentials", "grpc_call", "on_start", "wait_for_ready",
-    )
-
-    def __init__(
-        self,
-        credentials: Any,
-        wait_for_ready: Any,
-        compression: Any,
-        capture: bool = False,
-        on_start: Callable[[grpc.Future], None] | None = None,
-    ) -> None:
-        self.credentials = credentials
-        self.wait_for_ready = wait_for_ready
-        self.compression = compression
-        self.capture = capture
-        self.on_start = on_start
-        self.grpc_call: Any = None
 
 
 def remaining_timeout(call: Call) -> float | None:
@@ -102,8 +79,20 @@ def call_kwargs(call: Call) -> dict[str, Any]:
     return kwargs
 
 
+def _cancelled(call: Call) -> RpcStatusError:
+    return RpcStatusError(
+        grpc.StatusCode.CANCELLED,
+        f"{call.method} was cancelled by the client before attempt {call.attempt}",
+        retryable=False,
+    )
+
+
 def _terminal(inner: Any) -> Handler:
-    """The innermost handler: the real grpc multicallable, with the chain's deadline."""
+    """The innermost handler: the real grpc multicallable, with the chain's deadline.
+
+    A call with ``CallOptions`` reports each attempt's grpc call back through them
+    (``CallOptions.started``), and one whose caller has cancelled starts no attempt.
+    """
 
     def send(call: Call) -> Any:
         opts: CallOptions | None = call.context
@@ -118,21 +107,39 @@ def _terminal(inner: Any) -> Handler:
                 call.request, timeout=timeout,
                 metadata=(call.metadata or None) if call.attempt == 1 else attempt_metadata(call),
             )
+        if opts.scope is not None and opts.scope.cancelled:
+            raise _cancelled(call)
         if opts.on_start is not None:
             return _cancellable(inner, call, opts)
         if opts.capture:
-            response, opts.grpc_call = inner.with_call(call.request, **call_kwargs(call))
+            response, rpc = inner.with_call(call.request, **call_kwargs(call))
+            opts.started(rpc)
             return response
         return inner(call.request, **call_kwargs(call))
 
     return send
 
 
+def _stream_terminal(inner: Any) -> Handler:
+    """The innermost handler of a response stream: grpc's call object itself, which is
+    the stream, kept in the call's options for the object the stub returns."""
+
+    def send(call: Call) -> Any:
+        opts: CallOptions = call.context
+        if opts.scope is not None and opts.scope.cancelled:
+            raise _cancelled(call)
+        rpc = inner(call.request, **call_kwargs(call))
+        opts.started(rpc)
+        return rpc
+
+    return send
+
+
 def _cancellable(inner: Any, call: Call, opts: CallOptions) -> Any:
-    """One attempt as a grpc future that ``opts.on_start`` may cancel from another thread."""
+    """One attempt as a grpc future that ``opts.on_start`` or the call's cancel scope may
+    cancel from another thread."""
     future = inner.future(call.request, **call_kwargs(call))
-    if opts.capture:
-        opts.grpc_call = future
+    opts.started(future)
     opts.on_start(future)  # type: ignore[misc]
     try:
         return future.result()
@@ -144,21 +151,26 @@ def _cancellable(inner: Any, call: Call, opts: CallOptions) -> Any:
         ) from None
 
 
+def _ignore(rpc: Any) -> None:
+    """``on_start`` of a ``future()`` call: its cancel scope already holds the attempt."""
+
+
 class ChainMultiCallable:
     """Stands in for grpc's multicallables; ``__call__`` builds a Call and runs the chain.
 
-    The chain's result is returned as is: a response or an iterator on a sync channel, an
-    awaitable (a coroutine) or an async iterator on an asyncio one. grpc.aio takes the call
-    options as keywords only; this accepts them as grpc's sync multicallables do, a
-    superset, so both channels share this one per-call path.
+    Subclasses, one per channel kind and response shape, turn the chain's result into
+    what grpc's own multicallable returns. This one returns it as is: the response of a
+    sync unary call. grpc.aio takes the call options as keywords only; these accept them
+    as grpc's sync multicallables do, a superset, so both channels share the per-call path.
     """
 
-    __slots__ = ("_chain", "_kind", "_method")
+    __slots__ = ("_chain", "_kind", "_method", "_owner")
 
-    def __init__(self, method: str, kind: CallKind, chain: Handler) -> None:
+    def __init__(self, method: str, kind: CallKind, chain: Handler, owner: Any) -> None:
         self._method = method
         self._kind = kind
         self._chain = chain
+        self._owner = owner
 
     def _call(
         self,
@@ -176,7 +188,7 @@ class ChainMultiCallable:
 
     def __call__(
         self,
-        request: Any,
+        request: Any = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str | bytes]] | None = None,
         credentials: grpc.CallCredentials | None = None,
@@ -200,7 +212,7 @@ class ChainMultiCallable:
 
 
 class _MultiCallable(ChainMultiCallable):
-    """The sync multicallable, with grpc's ``with_call``."""
+    """The sync unary-response multicallable, with grpc's ``with_call`` and ``future``."""
 
     __slots__ = ()
 
@@ -213,18 +225,51 @@ class _MultiCallable(ChainMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> tuple[Any, Any]:
-        """Like grpc's: (response, call). The call is ``None`` when a fallback answered."""
-        if self._kind.response_streaming:
-            raise TypeError("with_call is only for unary-response methods")
+        """Like grpc's: (response, call), the call being the attempt that answered."""
         options = CallOptions(credentials, wait_for_ready, compression, capture=True)
         response = self._chain(self._call(request, timeout, metadata, options))
-        return response, options.grpc_call
+        rpc = options.grpc_call
+        return response, (Answered(response, None) if rpc is None else rpc)
 
-    def future(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(
-            f"{self._method}: future() does not run through resilience chains; call the "
-            f"method directly (from a thread if needed) or use the asyncio client"
-        )
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> ChainFuture:
+        """Like grpc's: a ``grpc.Future`` that is also a ``grpc.Call``, running the whole
+        chain in the channel's pool; ``cancel()`` ends the attempt in flight."""
+        options = CallOptions(credentials, wait_for_ready, compression, capture=True,
+                              on_start=_ignore, scope=CancelScope())
+        call = self._call(request, timeout, metadata, options)
+        return ChainFuture(self._chain, call, options, self._owner.pool())
+
+
+class _StreamMultiCallable(ChainMultiCallable):
+    """The sync response-streaming multicallable: returns a ``StreamCall``, started."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> StreamCall:
+        options = CallOptions(credentials, wait_for_ready, compression, capture=True,
+                              scope=CancelScope())
+        call = self._call(request, timeout, metadata, options)
+        try:
+            responses = self._chain(call)
+        except grpc.RpcError as exc:  # refused before any attempt: raised on first read
+            return StreamCall(None, options, call.deadline, exc)
+        return StreamCall(iter(responses), options, call.deadline)
 
 
 def _channel_method(kind: CallKind) -> Callable[..., Any]:
@@ -249,11 +294,13 @@ class ChainedChannel:
     channel shares one circuit breaker per method.
 
     Subclasses say how the innermost handler calls grpc (``_terminal``) and what stands in
-    for grpc's multicallables (``multicallable``).
+    for grpc's multicallables (``multicallables``, for a unary and a streaming response).
     """
 
     is_async: ClassVar[bool] = False
-    multicallable: ClassVar[type[ChainMultiCallable]] = ChainMultiCallable
+    multicallables: ClassVar[tuple[type[ChainMultiCallable], type[ChainMultiCallable]]] = (
+        ChainMultiCallable, ChainMultiCallable,
+    )
 
     def __init__(self, channel: Any, resolver: ChainResolver, target: str = "") -> None:
         self._channel = channel
@@ -287,7 +334,7 @@ class ChainedChannel:
                     idempotent=self._resolver.is_idempotent(name),
                     metrics=recorder_for(self._resolver.settings, "client", name),
                 )
-                built = self.multicallable(name, kind, chain)
+                built = self.multicallables[kind.response_streaming](name, kind, chain, self)
                 self._built[(name, kind)] = built
                 self.middleware[name] = used
         return built
@@ -302,10 +349,21 @@ class ResilientChannel(ChainedChannel, grpc.Channel):
     """Wraps a ``grpc.Channel`` so that every method runs through the chain its settings
     give it."""
 
-    multicallable = _MultiCallable
+    multicallables = (_MultiCallable, _StreamMultiCallable)
+
+    def __init__(self, channel: Any, resolver: ChainResolver, target: str = "") -> None:
+        super().__init__(channel, resolver, target)
+        self._pool: ThreadPoolExecutor | None = None
 
     def _terminal(self, inner: Any, kind: CallKind) -> Handler:
-        return _terminal(inner)
+        return _stream_terminal(inner) if kind.response_streaming else _terminal(inner)
+
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads that run ``future()`` calls' chains, started on first use."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(FUTURE_THREADS, thread_name_prefix="future")
+            return self._pool
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         self._channel.subscribe(callback, try_to_connect)
@@ -315,6 +373,8 @@ class ResilientChannel(ChainedChannel, grpc.Channel):
 
     def close(self) -> None:
         self._channel.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> ResilientChannel:
         return self
