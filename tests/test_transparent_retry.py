@@ -137,6 +137,8 @@ def test_control_a_channel_without_grpcio_retries_fails(client_mode: Mode) -> No
 
 @pytest.mark.parametrize("client_mode", MODES)
 def test_a_replay_happens_at_most_once_per_call(client_mode: Mode) -> None:
+    """The replay of a GOAWAY'd Store is refused too: grpc-core gives up (a written stream
+    is replayed once per call), and the next call goes through."""
     settings = make_settings()
     store = CountingStore()
     with running_server(settings, CacheServicer(settings, store)) as server, \
