@@ -38,6 +38,9 @@ ROOT = RESULTS_DIR.parents[1]
 METHOD = "cache.CacheService/Get"
 KEY = "bench-key"
 VALUE = b"v" * 64
+STREAM_METHOD = "cache.CacheService/Dump"
+# Stored besides KEY before the measurements, so that a Dump streams a few items.
+STREAM_KEYS = tuple(f"bench-dump-{n}" for n in range(4))
 DEFAULT_CLIENT_MIDDLEWARE = [
     "resilience.middleware.Retry",
     "resilience.middleware.Timeout",
@@ -333,6 +336,25 @@ def round_ratio_medians(
     }
 
 
+def latency_figures(
+    samples: dict[str, list[int]], round_medians: dict[str, list[float]],
+    cpu: dict[str, int], base: str = "bare",
+) -> dict[str, Any]:
+    """Per client, from per-call latencies and client CPU (ns) and per-round medians: the
+    median, p90, p99 and CPU per call in µs, and the ratio to ``base`` of the medians and
+    the median of the per-round ratios."""
+    median_us = {n: statistics.median(s) / 1000 for n, s in samples.items()}
+    names = list(samples)
+    return {
+        "median_us": median_us,
+        "p90_us": {n: percentile(s, 90) / 1000 for n, s in samples.items()},
+        "p99_us": {n: percentile(s, 99) / 1000 for n, s in samples.items()},
+        "client_cpu_us_per_call": {n: c / 1000 / len(samples[n]) for n, c in cpu.items()},
+        "ratio": {n: median_us[n] / median_us[base] for n in names if n != base},
+        "round_ratio_median": round_ratio_medians(round_medians, base, names),
+    }
+
+
 # --- targets and report ------------------------------------------------------------------
 
 
@@ -415,6 +437,7 @@ class OverheadReport:
             self.table.add_column(label, justify="right")
         self.keys = tuple(columns)
         self.base = base
+        self.notes: list[str] = []
 
     def row(self, label: str, values: dict[str, float], fmt: str,
             keys: tuple[str, ...] | None = None) -> None:
@@ -434,6 +457,19 @@ class OverheadReport:
         self.row(label, ns, ".0f", keys)
         self.row("  chain alone (no stub/terminal)", {"chain_stub": ns["chain"]}, ".0f", keys)
 
+    def case(self, label: str, figures: dict[str, Any]) -> None:
+        """Rows for one more case measured like latency, by some of the clients (the
+        others show "-"), or a row and a note saying why it was not measured."""
+        if "not_measured" in figures:
+            self.table.add_row(f"{label}: not measured", *["-" for _ in self.keys])
+            self.notes.append(f"[red]{label} not measured: {figures['not_measured']}[/]")
+            return
+        self.row(f"{label} median (µs)", figures["median_us"], ".1f")
+        self.row(f"{label} p99 (µs)", figures["p99_us"], ".1f")
+        self.row(f"  ratio vs {self.base}", figures["ratio"], ".3f")
+        self.row("  median of round ratios", figures["round_ratio_median"], ".3f")
+        self.row("  client CPU µs/call", figures["client_cpu_us_per_call"], ".1f")
+
     def throughput(self, tput: dict[str, Any], workers: str) -> None:
         self.row(f"throughput calls/s ({workers})", tput["calls_per_s"], ".0f")
         self.row(f"throughput ratio vs {self.base}", tput["ratio"], ".3f")
@@ -450,7 +486,7 @@ class OverheadReport:
         errors = {n: e for n, e in results["throughput"]["errors"].items() if e}
         if errors:
             console.print(f"[red]errors during throughput runs: {errors}[/]")
-        for note in notes:
+        for note in (*self.notes, *notes):
             console.print(note)
         print_footer(console, results)
 

@@ -1,7 +1,9 @@
 """What the default client chain costs per call under asyncio (grpc.aio).
 
 The default chain (Retry, Timeout, CircuitBreaker) on ``aio_connect()`` is compared with a
-bare grpc.aio stub, every ratio against the bare grpc.aio call measured in the same run:
+bare grpc.aio stub on a default ``grpc.aio.insecure_channel`` (no options, so grpcio's
+retries are on, as a user has it), every ratio against the bare grpc.aio call measured
+in the same run:
 
 * sequential latency over loopback: bare grpc.aio, bare grpc.aio with ``timeout=1.0``
   (the chain's Timeout gives every call a deadline, which costs grpc itself), the aio
@@ -9,6 +11,8 @@ bare grpc.aio stub, every ratio against the bare grpc.aio call measured in the s
   ``connect()``. Clients take turns in many short rotating rounds; the aio ones on one
   event loop, the sync ones called directly between them, outside the loop. The median
   per call and the median of the per-round ratios are reported;
+* server streaming, measured the same way by the aio clients, chain against bare: a Dump
+  of a cache holding a few entries, each call read to the end of its stream;
 * in-process cost with no network: the async chain over a terminal coroutine that returns
   a constant, in nanoseconds per awaited call, against awaiting that coroutine bare;
 * throughput at concurrency 64: 64 tasks on the loop sharing one channel per client,
@@ -43,6 +47,8 @@ from benchmarks._common import (
     KEY,
     METHOD,
     RESULTS_DIR,
+    STREAM_KEYS,
+    STREAM_METHOD,
     VALUE,
     OverheadPlan,
     OverheadReport,
@@ -52,7 +58,7 @@ from benchmarks._common import (
     finish,
     header,
     interleaved_round,
-    percentile,
+    latency_figures,
     ratio_targets,
     rotated,
     round_ratio_medians,
@@ -98,7 +104,8 @@ QUICK = OverheadPlan(
 
 
 def _aio_bare_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+    """A default grpc.aio channel, as a user has one: no options, grpcio's retries on."""
+    return grpc.aio.insecure_channel(address)
 
 
 class Clients:
@@ -108,18 +115,34 @@ class Clients:
     def __init__(self, address: str, settings: Settings) -> None:
         self.aio_channels: list[Any] = []
         self.sync_channels: list[grpc.Channel] = []
-        bare = cache_pb2_grpc.CacheServiceStub(self._aio(_aio_bare_channel(address))).Get
+        bare_stub = cache_pb2_grpc.CacheServiceStub(self._aio(_aio_bare_channel(address)))
+        bare = bare_stub.Get
         timed = cache_pb2_grpc.CacheServiceStub(self._aio(_aio_bare_channel(address))).Get
 
         def bare_timeout(request: cache_pb2.GetReq) -> Awaitable[Any]:
             return timed(request, timeout=1.0)
 
         chain_channel = aio_connect(address, settings)
-        chain = cache_pb2_grpc.CacheServiceStub(self._aio(chain_channel)).Get
+        chain_stub = cache_pb2_grpc.CacheServiceStub(self._aio(chain_channel))
+        chain = chain_stub.Get
         self._check_chain(chain_channel)
         self.aio: dict[str, AGet] = {"bare": bare, "bare_timeout": bare_timeout, "chain": chain}
+        self.bare_dump = bare_stub.Dump
+        chain_dump = chain_stub.Dump
 
-        sync_bare_channel = grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+        async def bare_stream(request: cache_pb2.DumpReq) -> None:
+            async for _ in self.bare_dump(request):
+                pass
+
+        async def chain_stream(request: cache_pb2.DumpReq) -> None:
+            async for _ in chain_dump(request):
+                pass
+
+        self.stream: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "bare": bare_stream, "chain": chain_stream,
+        }
+
+        sync_bare_channel = grpc.insecure_channel(address)
         sync_bare = cache_pb2_grpc.CacheServiceStub(self._sync(sync_bare_channel)).Get
         sync_chain_channel = connect(address, settings)
         sync_chain = cache_pb2_grpc.CacheServiceStub(self._sync(sync_chain_channel)).Get
@@ -129,9 +152,11 @@ class Clients:
 
     @staticmethod
     def _check_chain(channel: Any) -> None:
-        names = [type(m).__name__ for m in channel.middleware[METHOD]]
-        if names != DEFAULT_CHAIN_NAMES:
-            raise RuntimeError(f"expected the default client chain, built {names}")
+        for method in (METHOD, STREAM_METHOD):
+            names = [type(m).__name__ for m in channel.middleware[method]]
+            if names != DEFAULT_CHAIN_NAMES:
+                raise RuntimeError(f"expected the default client chain on {method}, "
+                                   f"built {names}")
 
     def _aio(self, channel: Any) -> Any:
         self.aio_channels.append(channel)
@@ -186,21 +211,48 @@ def measure_latency(
                 samples[name].extend(values)
                 round_medians[name].append(statistics.median(values))
                 cpu[name] += used[name]
-    median_us = {n: statistics.median(s) / 1000 for n, s in samples.items()}
     return {
         "rounds": plan.latency_rounds,
         "calls_per_round": plan.latency_calls,
-        "median_us": median_us,
-        "p90_us": {n: percentile(s, 90) / 1000 for n, s in samples.items()},
-        "p99_us": {n: percentile(s, 99) / 1000 for n, s in samples.items()},
-        "client_cpu_us_per_call": {n: c / 1000 / len(samples[n]) for n, c in cpu.items()},
-        "ratio": {n: median_us[n] / median_us["bare"] for n in names if n != "bare"},
-        "round_ratio_median": round_ratio_medians(round_medians, "bare", names),
+        **latency_figures(samples, round_medians, cpu),
         # aio against sync, like for like: each aio client over its sync counterpart.
         "aio_vs_sync": {
             "bare": round_ratio_medians(round_medians, "sync_bare", ["bare"])["bare"],
             "chain": round_ratio_medians(round_medians, "sync_chain", ["chain"])["chain"],
         },
+    }
+
+
+def measure_stream(
+    runner: asyncio.Runner, clients: Clients, plan: OverheadPlan
+) -> dict[str, Any]:
+    """A Dump read to its end per call, aio chain against bare aio, interleaved call by
+    call on the loop like the latency rounds."""
+    request = cache_pb2.DumpReq()
+
+    async def count() -> int:
+        return len([item async for item in clients.bare_dump(request, timeout=10)])
+
+    items = _on_loop(runner, count())
+    names = list(clients.stream)
+    _on_loop(runner, ainterleaved_round(clients.stream, request, plan.warmup_calls))
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    round_medians: dict[str, list[float]] = {name: [] for name in names}
+    cpu = dict.fromkeys(names, 0)
+    for _ in range(plan.latency_rounds):
+        got, used = _on_loop(
+            runner, ainterleaved_round(clients.stream, request, plan.latency_calls)
+        )
+        for name in names:
+            samples[name].extend(got[name])
+            round_medians[name].append(statistics.median(got[name]))
+            cpu[name] += used[name]
+    return {
+        "method": STREAM_METHOD,
+        "items": items,
+        "rounds": plan.latency_rounds,
+        "calls_per_round": plan.latency_calls,
+        **latency_figures(samples, round_medians, cpu),
     }
 
 
@@ -377,6 +429,7 @@ def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
     }, base="bare aio")
     out.latency(lat)
     out.row("aio ÷ sync latency (round medians)", lat["aio_vs_sync"], ".3f")
+    out.case(f"Dump stream of {results['stream']['items']}", results["stream"])
     out.in_process("in-process ns/awaited call", inproc["ns_per_call"],
                    ("bare_await", "-", "chain_stub", "-", "-"))
     out.throughput(tput, f"{tput['tasks']} tasks")
@@ -415,9 +468,12 @@ def run(
 
             clients = runner.run(open_clients())
             try:
-                clients.store(cache_pb2.StoreReq(key=KEY, value=VALUE), timeout=10)
+                for key in (KEY, *STREAM_KEYS):
+                    clients.store(cache_pb2.StoreReq(key=key, value=VALUE), timeout=10)
                 gc.collect()
                 results["latency"] = measure_latency(runner, clients, request, plan)
+                gc.collect()
+                results["stream"] = measure_stream(runner, clients, plan)
                 gc.collect()
                 results["throughput"] = measure_throughput(runner, clients, request, plan)
             finally:

@@ -1,12 +1,17 @@
 """What the default client chain costs per call.
 
-The default chain (Retry, Timeout, CircuitBreaker) is compared with a bare grpc stub, and
-with tenacity plus pybreaker stacked by hand around the bare stub, the way the same
-policy is written without this framework. Four measurements:
+The default chain (Retry, Timeout, CircuitBreaker) on a channel from ``connect()`` is
+compared with a bare grpc stub on a default ``grpc.insecure_channel`` (no options, so
+grpcio's retries are on, as a user has it), and with tenacity plus pybreaker stacked by
+hand around the bare stub, the way the same policy is written without this framework.
+Six measurements:
 
 * sequential latency over loopback: the clients take turns call by call, in an order that
   rotates every turn, so drift of the machine on any time scale touches them all alike;
   the median per call and the median of the per-round ratios are reported;
+* server streaming, measured the same way, chain against bare: a Dump of a cache holding
+  a few entries, each call read to the end of its stream;
+* ``stub.Get.future(request).result()``, measured the same way, chain against bare;
 * in-process cost with no network: the same chain over a terminal that returns a
   constant, in nanoseconds per call, against a bare function call;
 * concurrent throughput: 16 threads calling through one channel per client, rounds
@@ -27,7 +32,8 @@ import sys
 import threading
 import time
 import timeit
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -42,6 +48,8 @@ from benchmarks._common import (
     KEY,
     METHOD,
     RESULTS_DIR,
+    STREAM_KEYS,
+    STREAM_METHOD,
     VALUE,
     OverheadPlan,
     OverheadReport,
@@ -50,7 +58,7 @@ from benchmarks._common import (
     finish,
     header,
     interleaved_round,
-    percentile,
+    latency_figures,
     ratio_targets,
     rotated,
     server_process,
@@ -85,7 +93,13 @@ QUICK = OverheadPlan(
 
 
 def _bare_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+    """A default grpcio channel, as a user has one: no options, grpcio's retries on."""
+    return grpc.insecure_channel(address)
+
+
+def _drain(responses: Iterable[Any]) -> None:
+    """Read a response stream to its end, at C speed, keeping nothing."""
+    deque(responses, maxlen=0)
 
 
 def _tenacity_retrying() -> Retrying:
@@ -108,12 +122,16 @@ class Clients:
 
     def __init__(self, address: str, settings: Settings) -> None:
         self.channels: list[grpc.Channel] = []
-        bare = cache_pb2_grpc.CacheServiceStub(self._keep(_bare_channel(address))).Get
+        bare_stub = cache_pb2_grpc.CacheServiceStub(self._keep(_bare_channel(address)))
+        bare = bare_stub.Get
         chain_channel = connect(address, settings)
-        chain = cache_pb2_grpc.CacheServiceStub(self._keep(chain_channel)).Get
-        names = [type(m).__name__ for m in chain_channel.middleware[METHOD]]
-        if names != DEFAULT_CHAIN_NAMES:
-            raise RuntimeError(f"expected the default client chain, built {names}")
+        chain_stub = cache_pb2_grpc.CacheServiceStub(self._keep(chain_channel))
+        chain = chain_stub.Get
+        for method in (METHOD, STREAM_METHOD):
+            names = [type(m).__name__ for m in chain_channel.middleware[method]]
+            if names != DEFAULT_CHAIN_NAMES:
+                raise RuntimeError(f"expected the default client chain on {method}, "
+                                   f"built {names}")
         stub = cache_pb2_grpc.CacheServiceStub(self._keep(_bare_channel(address))).Get
         retrying = _tenacity_retrying()
         breaker = _tenacity_breaker()
@@ -136,7 +154,29 @@ class Clients:
             "bare": bare, "bare_timeout": bare_timeout, "chain": chain, "tenacity": tenacity,
         }
         self.throughput: dict[str, Get] = {**self.latency, "pybreaker_call": pybreaker_only}
-        self.store = cache_pb2_grpc.CacheServiceStub(self.channels[0]).Store
+        self.store = bare_stub.Store
+        self.bare_dump = bare_stub.Dump
+
+        chain_dump = chain_stub.Dump
+
+        def bare_stream(request: cache_pb2.DumpReq) -> None:
+            _drain(self.bare_dump(request))
+
+        def chain_stream(request: cache_pb2.DumpReq) -> None:
+            _drain(chain_dump(request))
+
+        self.stream: dict[str, Callable[[Any], Any]] = {
+            "bare": bare_stream, "chain": chain_stream,
+        }
+        bare_future, chain_future = bare.future, chain.future
+
+        def bare_future_result(request: cache_pb2.GetReq) -> Any:
+            return bare_future(request).result()
+
+        def chain_future_result(request: cache_pb2.GetReq) -> Any:
+            return chain_future(request).result()
+
+        self.future: dict[str, Get] = {"bare": bare_future_result, "chain": chain_future_result}
 
     def _keep(self, channel: grpc.Channel) -> grpc.Channel:
         self.channels.append(channel)
@@ -151,38 +191,47 @@ class Clients:
 
 
 def measure_latency(
-    clients: Clients, request: cache_pb2.GetReq, plan: OverheadPlan
+    clients: dict[str, Callable[[Any], Any]], request: Any, plan: OverheadPlan
 ) -> dict[str, Any]:
-    """Sequential calls, clients interleaved call by call; medians in microseconds."""
-    names = list(clients.latency)
-    interleaved_round(clients.latency, request, plan.warmup_calls)
+    """Sequential calls, clients interleaved call by call; medians in microseconds, and
+    ratios against the "bare" client."""
+    names = list(clients)
+    interleaved_round(clients, request, plan.warmup_calls)
     samples: dict[str, list[int]] = {name: [] for name in names}
     round_medians: dict[str, list[float]] = {name: [] for name in names}
     cpu = dict.fromkeys(names, 0)
     for _ in range(plan.latency_rounds):
-        got, used = interleaved_round(clients.latency, request, plan.latency_calls)
+        got, used = interleaved_round(clients, request, plan.latency_calls)
         for name in names:
             samples[name].extend(got[name])
             round_medians[name].append(statistics.median(got[name]))
             cpu[name] += used[name]
-    result: dict[str, Any] = {
+    return {
         "rounds": plan.latency_rounds,
         "calls_per_round": plan.latency_calls,
-        "median_us": {n: statistics.median(s) / 1000 for n, s in samples.items()},
-        "p90_us": {n: percentile(s, 90) / 1000 for n, s in samples.items()},
-        "p99_us": {n: percentile(s, 99) / 1000 for n, s in samples.items()},
-        "client_cpu_us_per_call": {n: c / 1000 / len(samples[n]) for n, c in cpu.items()},
+        **latency_figures(samples, round_medians, cpu),
     }
-    bare = result["median_us"]["bare"]
-    result["ratio"] = {n: result["median_us"][n] / bare for n in names if n != "bare"}
-    result["round_ratio_median"] = {
-        n: statistics.median(
-            m / b for m, b in zip(round_medians[n], round_medians["bare"], strict=True)
-        )
-        for n in names
-        if n != "bare"
-    }
-    return result
+
+
+def measure_stream(clients: Clients, plan: OverheadPlan) -> dict[str, Any]:
+    """A Dump read to its end per call, chain against bare, measured like latency."""
+    request = cache_pb2.DumpReq()
+    items = sum(1 for _ in clients.bare_dump(request, timeout=10))
+    return {"method": STREAM_METHOD, "items": items,
+            **measure_latency(clients.stream, request, plan)}
+
+
+def measure_future(clients: Clients, request: Any, plan: OverheadPlan) -> dict[str, Any]:
+    """``stub.Get.future(request).result()``, chain against bare, measured like latency.
+
+    A channel whose ``future()`` raises NotImplementedError (the framework's sync channel
+    before it implements one) gives ``{"not_measured": why}`` instead of failing the run.
+    """
+    try:
+        return {"call": "stub.Get.future(request).result()",
+                **measure_latency(clients.future, request, plan)}
+    except NotImplementedError as exc:
+        return {"not_measured": f"the chain's future() raised NotImplementedError: {exc}"}
 
 
 class _ConstantChannel(grpc.Channel):
@@ -376,6 +425,8 @@ def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
         "tenacity": "tenacity+pybreaker", "pybreaker_call": "pybreaker call()",
     }, base="bare")
     out.latency(lat)
+    out.case(f"Dump stream of {results['stream']['items']}", results["stream"])
+    out.case("Get.future().result()", results["future"])
     out.in_process("in-process ns/call", inproc["ns_per_call"],
                    ("bare_call", "-", "chain_stub", "tenacity", "pybreaker_call"))
     out.throughput(tput, f"{tput['threads']} threads")
@@ -406,9 +457,14 @@ def run(
     with server_process() as address:
         clients = Clients(address, settings)
         try:
-            clients.store(cache_pb2.StoreReq(key=KEY, value=VALUE), timeout=10)
+            for key in (KEY, *STREAM_KEYS):
+                clients.store(cache_pb2.StoreReq(key=key, value=VALUE), timeout=10)
             gc.collect()
-            results["latency"] = measure_latency(clients, request, plan)
+            results["latency"] = measure_latency(clients.latency, request, plan)
+            gc.collect()
+            results["stream"] = measure_stream(clients, plan)
+            gc.collect()
+            results["future"] = measure_future(clients, request, plan)
             gc.collect()
             results["throughput"] = measure_throughput(clients, request, plan)
         finally:

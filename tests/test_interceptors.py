@@ -376,8 +376,11 @@ def test_health_and_reflection_bypass_the_server_stack() -> None:
         interceptor._methods)
 
 
-def test_channel_options_turn_grpcio_retries_off() -> None:
-    assert ("grpc.enable_retries", 0) in CHANNEL_OPTIONS
+def test_channel_options_keep_transparent_retries_and_resolver_service_configs_off() -> None:
+    """grpcio's transparent retries stay on (enable_retries is left at its default); a
+    resolver may not supply a service config, whose retryPolicy would multiply Retry's."""
+    assert ("grpc.service_config_disable_resolution", 1) in CHANNEL_OPTIONS
+    assert "grpc.enable_retries" not in dict(CHANNEL_OPTIONS)
 
 
 # --- settings ------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Retry against a real server: it makes exactly the attempts configured (grpcio's own retries
-do not multiply them), retries only retryable statuses, spaces attempts with growing
+"""Retry against a real server: it makes exactly the attempts configured (no grpcio
+retryPolicy multiplies them), retries only retryable statuses, spaces attempts with growing
 backoffs, and never sleeps past the call's deadline.
 
 Every test runs in the four pairings of sync and asyncio client and server (the
@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from resilience.conf.chains import ChainResolver
+from resilience.core.errors import ImproperlyConfigured
 from resilience.transport.aio_client import AioResilientChannel, aio_connect
 from resilience.transport.client import ResilientChannel, connect
 from tests.support.scripted import ScriptedServicer
@@ -153,20 +154,25 @@ GRPC_RETRY_POLICY = json.dumps({
 })
 
 
-def test_grpcio_built_in_retries_are_off_on_framework_channels(pairing: Pairing) -> None:
-    """A service config that asks grpcio to retry UNAVAILABLE 5 times would multiply our 2
-    attempts into 10; connect() and aio_connect() switch grpcio's retries off, so the server
-    sees 2. The control wraps a plain channel with the same service config, to show the
-    policy bites."""
+def test_a_service_config_retry_policy_multiplies_attempts_and_connect_refuses_it(
+    pairing: Pairing,
+) -> None:
+    """A service config that asks grpcio to retry UNAVAILABLE 5 times multiplies our 2
+    attempts into 10 on a plain channel. connect() and aio_connect() keep grpcio's
+    transparent retries but refuse that option, so on their channels the server sees
+    exactly Retry's 2 attempts."""
     settings = retry_settings(max_attempts=2)
     options = [("grpc.service_config", GRPC_RETRY_POLICY)]
+    opener = aio_connect if pairing.client_mode == "aio" else connect
+    with pytest.raises(ImproperlyConfigured, match=r"gives cache\.CacheService a retryPolicy"):
+        opener("127.0.0.1:1", settings, options=options)
     servicer = ScriptedServicer()
     with pairing.server(settings, servicer) as server:
         if pairing.client_mode == "aio":
             asyncio.run(aio_calls_with_service_config(server.address, settings, options))
         else:
             channels = {
-                "fail=UNAVAILABLE": connect(server.address, settings, options=options),
+                "fail=UNAVAILABLE": connect(server.address, settings),
                 "fail=UNAVAILABLE*99": ResilientChannel(
                     grpc.insecure_channel(server.address, options=options),
                     ChainResolver(settings),
@@ -184,9 +190,10 @@ def test_grpcio_built_in_retries_are_off_on_framework_channels(pairing: Pairing)
 async def aio_calls_with_service_config(
     address: str, settings: Any, options: list[tuple[str, Any]]
 ) -> None:
-    """The calls of the test above on asyncio channels: aio_connect's, and the control."""
+    """The calls of the test above on asyncio channels: aio_connect's (without the refused
+    option), and the control with it."""
     channels = {
-        "fail=UNAVAILABLE": aio_connect(address, settings, options=options),
+        "fail=UNAVAILABLE": aio_connect(address, settings),
         "fail=UNAVAILABLE*99": AioResilientChannel(
             grpc.aio.insecure_channel(address, options=options),
             ChainResolver(settings, is_async=True),

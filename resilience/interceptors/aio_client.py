@@ -131,7 +131,8 @@ def aio_client_interceptors(settings: SettingsArg = None, *, target: str = ""
                             ) -> list[_AioInterceptor]:
     """Interceptors for ``grpc.aio.insecure_channel(target, interceptors=...)``, one per
     call kind (grpc.aio files each interceptor under one kind), sharing one set of chains.
-    Make one set per channel; open it with ``options=CHANNEL_OPTIONS``.
+    Make one set per channel; open it with ``options=CHANNEL_OPTIONS`` and no
+    ``retryPolicy`` in a ``grpc.service_config`` of your own.
     """
     chains = Chains(load(settings, is_async=True), True, target, _aio_terminal)
     return [

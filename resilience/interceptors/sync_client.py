@@ -113,6 +113,8 @@ def client_interceptors(settings: SettingsArg = None, *, target: str = ""
     run each method's client chain. Make one set per channel: it holds the channel's
     breakers and retry budget. ``target`` only names the channel in messages and logs.
 
-    Open the channel with ``options=CHANNEL_OPTIONS`` so that grpcio does not retry too.
+    Open the channel with ``options=CHANNEL_OPTIONS`` and keep ``retryPolicy`` out of any
+    ``grpc.service_config`` of your own, so that grpcio's configured retries do not
+    multiply the chain's (its transparent retries stay on).
     """
     return [ClientInterceptor(load(settings, is_async=False), target)]

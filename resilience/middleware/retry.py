@@ -24,10 +24,13 @@ Three things keep retries from making an outage worse (gRFC A6):
 The asyncio path follows the same rules through the same decision (``_backoff_or_raise``);
 only the waiting differs: it awaits ``asleep`` so other calls run meanwhile.
 
-Channels built by the framework switch grpcio's own retries off
-(``grpc.enable_retries=0``): with both on, every attempt here would hide up to several
-attempts inside grpcio, multiplying load on a struggling server and escaping the backoff,
-deadline and logging this layer is configured with.
+Channels built by the framework keep grpcio's transparent retries (a replay, once, of a
+call whose stream the server never saw, which happens inside one attempt here) but no
+configured ones: resolvers may not supply a service config
+(``grpc.service_config_disable_resolution``) and ``connect()`` refuses a
+``grpc.service_config`` with a ``retryPolicy``. With one, every attempt here would hide up
+to several attempts inside grpcio, multiplying load on a struggling server and escaping
+the backoff, deadline and logging this layer is configured with.
 """
 
 from __future__ import annotations

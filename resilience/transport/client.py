@@ -23,10 +23,13 @@ from resilience.core.middleware import Handler, Middleware
 from resilience.metrics.recorder import recorder_for
 from resilience.transport.calls import Answered, ChainFuture, StreamCall
 from resilience.transport.credentials import channel_credentials, channel_options
+from resilience.transport.service_config import DISABLE_RESOLUTION, check_channel_options
 
-# grpcio retries transparently by default; ours would multiply with them, so every channel
-# the framework builds turns them off and leaves retrying to the Retry middleware.
-CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.enable_retries", 0),)
+# grpcio's transparent retries (of RPCs the server never saw) stay on; configured retries are
+# the Retry middleware's alone, so no resolver may hand the channel a service config (its
+# retryPolicy would multiply Retry's attempts). connect() also refuses such a policy in a
+# grpc.service_config option (transport/service_config.py).
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = ((DISABLE_RESOLUTION, 1),)
 
 #: Threads per sync channel that run ``future()`` calls; more wait for a free one.
 FUTURE_THREADS = 64
@@ -405,8 +408,10 @@ def open_channel(
     credentials: grpc.ChannelCredentials | None,
     options: Sequence[tuple[str, Any]],
 ) -> Any:
-    """A plain channel from ``module`` (``grpc`` or ``grpc.aio``) with grpcio's retries off
-    and, without explicit ``credentials``, TLS as the CLIENT_TLS_* settings say."""
+    """A plain channel from ``module`` (``grpc`` or ``grpc.aio``) on which grpcio retries
+    only transparently (``options`` may not configure retries of its own) and, without
+    explicit ``credentials``, TLS as the CLIENT_TLS_* settings say."""
+    check_channel_options(options)
     if credentials is None:  # from the CLIENT_TLS_* settings; None is plaintext
         credentials = channel_credentials(settings)
         options = [*channel_options(settings), *options]
