@@ -437,7 +437,6 @@ class OverheadReport:
             self.table.add_column(label, justify="right")
         self.keys = tuple(columns)
         self.base = base
-        self.notes: list[str] = []
 
     def row(self, label: str, values: dict[str, float], fmt: str,
             keys: tuple[str, ...] | None = None) -> None:
@@ -459,11 +458,7 @@ class OverheadReport:
 
     def case(self, label: str, figures: dict[str, Any]) -> None:
         """Rows for one more case measured like latency, by some of the clients (the
-        others show "-"), or a row and a note saying why it was not measured."""
-        if "not_measured" in figures:
-            self.table.add_row(f"{label}: not measured", *["-" for _ in self.keys])
-            self.notes.append(f"[red]{label} not measured: {figures['not_measured']}[/]")
-            return
+        others show "-")."""
         self.row(f"{label} median (µs)", figures["median_us"], ".1f")
         self.row(f"{label} p99 (µs)", figures["p99_us"], ".1f")
         self.row(f"  ratio vs {self.base}", figures["ratio"], ".3f")
@@ -486,7 +481,7 @@ class OverheadReport:
         errors = {n: e for n, e in results["throughput"]["errors"].items() if e}
         if errors:
             console.print(f"[red]errors during throughput runs: {errors}[/]")
-        for note in (*self.notes, *notes):
+        for note in notes:
             console.print(note)
         print_footer(console, results)
 

@@ -222,16 +222,9 @@ def measure_stream(clients: Clients, plan: OverheadPlan) -> dict[str, Any]:
 
 
 def measure_future(clients: Clients, request: Any, plan: OverheadPlan) -> dict[str, Any]:
-    """``stub.Get.future(request).result()``, chain against bare, measured like latency.
-
-    A channel whose ``future()`` raises NotImplementedError (the framework's sync channel
-    before it implements one) gives ``{"not_measured": why}`` instead of failing the run.
-    """
-    try:
-        return {"call": "stub.Get.future(request).result()",
-                **measure_latency(clients.future, request, plan)}
-    except NotImplementedError as exc:
-        return {"not_measured": f"the chain's future() raised NotImplementedError: {exc}"}
+    """``stub.Get.future(request).result()``, chain against bare, measured like latency."""
+    return {"call": "stub.Get.future(request).result()",
+            **measure_latency(clients.future, request, plan)}
 
 
 class _ConstantChannel(grpc.Channel):

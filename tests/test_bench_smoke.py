@@ -11,11 +11,8 @@ from typing import Any
 
 import pytest
 
-from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from benchmarks import aio_overhead, chain_overhead
 from resilience.management import CommandError, call_command
-from resilience.transport.client import connect
-from tests.support.servers import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,17 +29,6 @@ def chain_vs_bare(case: dict[str, Any]) -> None:
         positive(case[key], {"bare", "chain"})
     positive(case["ratio"], {"chain"})
     positive(case["round_ratio_median"], {"chain"})
-
-
-def sync_future_is_implemented() -> bool:
-    """Whether the framework's sync channel has future() (the future case can run)."""
-    with connect("127.0.0.1:1", make_settings()) as channel:
-        get = cache_pb2_grpc.CacheServiceStub(channel).Get
-        try:
-            get.future(cache_pb2.GetReq(key="probe"), timeout=0.01).cancel()
-        except NotImplementedError:
-            return False
-    return True
 
 
 @pytest.mark.timeout(60)
@@ -67,11 +53,7 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
     stream = results["stream"]
     assert (stream["method"], stream["items"]) == ("cache.CacheService/Dump", 5)
     chain_vs_bare(stream)
-    if sync_future_is_implemented():
-        chain_vs_bare(results["future"])
-    else:  # until the sync channel has future(): the case says why it has no figures
-        assert "NotImplementedError" in results["future"]["not_measured"]
-        assert "Get.future().result() not measured" in out.getvalue()
+    chain_vs_bare(results["future"])
 
     in_process = results["in_process"]["ns_per_call"]
     positive(in_process, {"bare_call", "chain", "chain_stub", "tenacity", "pybreaker_call"})

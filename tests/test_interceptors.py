@@ -342,12 +342,12 @@ def test_sync_future_and_with_call_return_a_call_and_a_future() -> None:
             future.result()
 
 
-def test_aio_write_style_request_streams_are_refused_clearly() -> None:
+@pytest.mark.parametrize("server_kind", ["sync", "aio"])
+def test_aio_write_style_request_streams_run_through_the_chain(server_kind: str) -> None:
     settings = plain_settings()
-    with plain_server("aio", settings, ScriptedServicer()) as address, \
-            plain_client("aio", settings, address) as stub, \
-            pytest.raises(NotImplementedError, match="pass the requests as an iterator"):
-        stub.collect_by_writing([b"a"])
+    with plain_server(server_kind, settings, ScriptedServicer()) as address, \
+            plain_client("aio", settings, address) as stub:
+        assert stub.collect_by_writing([b"a", b"b", b"c"]) == b"abc"
 
 
 def test_aio_local_rejections_are_aio_rpc_errors() -> None:

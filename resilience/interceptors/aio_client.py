@@ -12,10 +12,11 @@ import grpc.aio
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import Handler
-from resilience.interceptors.aio_outcomes import AioDone, AioStream, aio_error
+from resilience.interceptors.aio_outcomes import AioDone, AioStream
 from resilience.interceptors.chains import CONTINUATION, Chains, captured, make_call
 from resilience.interceptors.settings import SettingsArg, load
-from resilience.transport.client import CallOptions, normalise_method, remaining_timeout
+from resilience.transport.aio_calls import AioUnaryCall, aio_error
+from resilience.transport.client import CallOptions, remaining_timeout
 
 
 def _aio_details(method: str | bytes, call: Call) -> grpc.aio.ClientCallDetails:
@@ -50,18 +51,6 @@ def _aio_terminal(method: str | bytes, kind: CallKind) -> Handler:
     return unary
 
 
-def _refuse_write_style(request_iterator: Any, method: str | bytes) -> None:
-    """grpc.aio's ``call.write()`` style feeds requests from an iterator that waits for the
-    interceptors to finish, while a chain runs until its call ends: that would deadlock."""
-    code = getattr(request_iterator, "ag_code", None)
-    if code is not None and code.co_name == "_proxy_writes_as_request_iterator":
-        raise NotImplementedError(
-            f"{normalise_method(method)}: call.write()/done_writing() cannot run through "
-            f"resilience's asyncio interceptors; pass the requests as an iterator instead: "
-            f"stub.Method(request_iterator)"
-        )
-
-
 class _AioInterceptor:
     """What the four grpc.aio interceptors share: the chains and the per-call setup."""
 
@@ -69,10 +58,10 @@ class _AioInterceptor:
         self._chains = chains
         self.middleware = chains.middleware
 
-    async def _unary(self, continuation: Any, details: Any, request: Any,
-                     kind: CallKind) -> Any:
-        name, chain = self._chains.get(details.method, kind, request)
-        call = make_call(name, kind, request, details)
+    async def _unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        """A unary call, awaited here: grpc.aio already runs interceptors in a task."""
+        name, chain = self._chains.get(details.method, CallKind.UNARY_UNARY, request)
+        call = make_call(name, CallKind.UNARY_UNARY, request, details)
         token = CONTINUATION.set(continuation)
         try:
             response = await chain(call)
@@ -80,9 +69,18 @@ class _AioInterceptor:
             raise aio_error(exc) from None
         finally:
             CONTINUATION.reset(token)
-        if kind.request_streaming:  # grpc.aio wants a call here, not a response
-            return AioDone(response, call.context.grpc_call)
-        return response
+        return AioDone(response, call.context.grpc_call)
+
+    def _request_stream(self, continuation: Any, details: Any, request: Any) -> AioUnaryCall:
+        """A request stream, returned at once with its chain running in a task: in the
+        ``write()`` style, grpc.aio makes writes wait until the interceptor returns."""
+        name, chain = self._chains.get(details.method, CallKind.STREAM_UNARY, request)
+        call = make_call(name, CallKind.STREAM_UNARY, request, details)
+        token = CONTINUATION.set(continuation)  # the task's context is a copy of this one
+        try:
+            return AioUnaryCall(chain(call), call.context, call.deadline)
+        finally:
+            CONTINUATION.reset(token)
 
     def _stream(self, continuation: Any, details: Any, request: Any,
                 kind: CallKind) -> AioStream:
@@ -91,18 +89,18 @@ class _AioInterceptor:
         token = CONTINUATION.set(continuation)
         try:
             responses = chain(call)
-        except RpcStatusError as exc:
-            raise aio_error(exc) from None
+        except grpc.RpcError as exc:
+            return AioStream(None, call, continuation, exc)
+        else:
+            return AioStream(responses, call, continuation)
         finally:
             CONTINUATION.reset(token)
-        return AioStream(responses, call, continuation)
 
 
 class AioUnaryUnaryInterceptor(_AioInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
                                     request: Any) -> Any:
-        return await self._unary(continuation, client_call_details, request,
-                                 CallKind.UNARY_UNARY)
+        return await self._unary(continuation, client_call_details, request)
 
 
 class AioUnaryStreamInterceptor(_AioInterceptor, grpc.aio.UnaryStreamClientInterceptor):
@@ -114,15 +112,12 @@ class AioUnaryStreamInterceptor(_AioInterceptor, grpc.aio.UnaryStreamClientInter
 class AioStreamUnaryInterceptor(_AioInterceptor, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
                                      request_iterator: Any) -> Any:
-        _refuse_write_style(request_iterator, client_call_details.method)
-        return await self._unary(continuation, client_call_details, request_iterator,
-                                 CallKind.STREAM_UNARY)
+        return self._request_stream(continuation, client_call_details, request_iterator)
 
 
 class AioStreamStreamInterceptor(_AioInterceptor, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
                                       request_iterator: Any) -> Any:
-        _refuse_write_style(request_iterator, client_call_details.method)
         return self._stream(continuation, client_call_details, request_iterator,
                             CallKind.STREAM_STREAM)
 

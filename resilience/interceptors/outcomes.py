@@ -44,36 +44,6 @@ class _Ended(grpc.Call, grpc.Future):
         fn(self)
 
 
-class Done(_Ended):
-    """A unary call the chain answered: the response, and the status and metadata of the
-    attempt that gave it (OK and none when no attempt did, as a fallback answering)."""
-
-    def __init__(self, response: Any, rpc: Any) -> None:
-        self._response = response
-        self._rpc = rpc
-
-    def initial_metadata(self) -> Any:
-        return None if self._rpc is None else self._rpc.initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        return None if self._rpc is None else self._rpc.trailing_metadata()
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.OK if self._rpc is None else self._rpc.code()
-
-    def details(self) -> str:
-        return "" if self._rpc is None else self._rpc.details()
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self._response
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        return None
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        return None
-
-
 class Failed(grpc.RpcError, _Ended):
     """A call the chain failed with a status of its own (an open breaker, a limit): raises
     it from ``result()`` and from iteration, as grpc's failed calls do."""

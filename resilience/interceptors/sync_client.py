@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import collections
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from resilience.conf.settings import Settings
-from resilience.core.call import Call, CallKind
+from resilience.core.call import Call, CallKind, CallOptions, CancelScope
+from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import Handler
 from resilience.interceptors.chains import CONTINUATION, Chains, captured, make_call
-from resilience.interceptors.outcomes import Done, Stream, failed
+from resilience.interceptors.outcomes import Stream, failed
 from resilience.interceptors.settings import SettingsArg, load
-from resilience.transport.client import CallOptions, remaining_timeout
+from resilience.transport.calls import Answered, ChainFuture
+from resilience.transport.client import FUTURE_THREADS, remaining_timeout
+
+#: In the name of the continuation grpc passes from a multicallable's ``future()``.
+_FUTURE = ".future.<locals>."
 
 
 class _Details(
@@ -46,10 +53,18 @@ def _sync_terminal(method: str | bytes, kind: CallKind) -> Handler:
         return stream
 
     def unary(call: Call) -> Any:
+        opts: CallOptions = call.context
+        if opts.scope is not None and opts.scope.cancelled:
+            raise RpcStatusError(grpc.StatusCode.CANCELLED,
+                                 f"{call.method} was cancelled by the client", retryable=False)
         outcome = CONTINUATION.get()(_details(method, call), call.request)
-        response = outcome.result()  # raises the attempt's RpcError
-        captured(call, outcome)
-        return response
+        captured(call, outcome)  # before waiting: a future() caller may cancel it
+        try:
+            return outcome.result()  # raises the attempt's RpcError
+        except grpc.FutureCancelledError:
+            raise RpcStatusError(grpc.StatusCode.CANCELLED,
+                                 f"{call.method} attempt {call.attempt} was cancelled by the "
+                                 "client", retryable=False) from None
 
     return unary
 
@@ -68,15 +83,30 @@ class ClientInterceptor(
     def __init__(self, settings: Settings, target: str = "") -> None:
         self._chains = Chains(settings, False, target, _sync_terminal)
         self.middleware = self._chains.middleware
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _futures(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(FUTURE_THREADS, thread_name_prefix="future")
+            return self._pool
 
     def _intercept(self, continuation: Any, details: Any, request: Any, kind: CallKind
                    ) -> Any:
         """One call through its method's chain: a unary outcome, a stream, or a failed call
-        (grpcio's intercepted calls return their errors rather than raise them)."""
+        (grpcio's intercepted calls return their errors rather than raise them).
+
+        grpc hands ``future()`` calls the same interceptor as blocking ones; only its
+        continuation's name tells them apart. A future runs the chain in a thread, as the
+        channel's own ``future()`` does, so the caller gets it before the call ends."""
         name, chain = self._chains.get(details.method, kind, request)
         call = make_call(name, kind, request, details)
         token = CONTINUATION.set(continuation)
         try:
+            if not kind.response_streaming and _FUTURE in continuation.__qualname__:
+                call.context.scope = CancelScope()
+                return ChainFuture(chain, call, call.context, self._futures())
             outcome = chain(call)
         except grpc.RpcError as exc:
             return failed(exc)
@@ -84,7 +114,7 @@ class ClientInterceptor(
             CONTINUATION.reset(token)
         if kind.response_streaming:
             return Stream(outcome, call, continuation)
-        return Done(outcome, call.context.grpc_call)
+        return Answered(outcome, call.context.grpc_call)
 
     def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
                               request: Any) -> Any:

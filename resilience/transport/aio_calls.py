@@ -57,6 +57,8 @@ class _AioOutcome:
 
     _opts: CallOptions
     _deadline: float | None
+    #: Read by grpc.aio's intercepted calls before they pass on a ``write()``.
+    _done_writing_flag = False
 
     def _error(self) -> BaseException | None:
         raise NotImplementedError

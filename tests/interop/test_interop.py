@@ -63,19 +63,6 @@ AIO_UNIMPLEMENTED = (
     "aio server stack: require_async raises ImproperlyConfigured on a base-class method's "
     "first call, so the client gets UNKNOWN, not UNIMPLEMENTED"
 )
-INT_FUTURE_BLOCKS = (
-    "sync interceptor: future() waits in outcome.result() until the call ends, so the caller "
-    "never gets the future to cancel (hangs)"
-)
-INT_WRITE_STYLE = (
-    "aio client interceptors refuse call.write()/done_writing() (NotImplementedError)"
-)
-INT_AIO_UNARY_METADATA = (
-    "aio unary interceptor returns a bare response: the call's initial_metadata() and "
-    "trailing_metadata() are None"
-)
-
-
 def _then(first: str, behind: str) -> str:
     """A reason for a case that fails first for ``first`` and then for ``behind``: seen in
     a scratch run that got past ``first``, or what the case's next step runs into."""
@@ -100,34 +87,14 @@ XFAIL: dict[tuple[str, str, str, str], str] = {
     **_entries("framework", "sync", "aio", **_AIO_SERVER_FAILS),
     **_entries("framework", "aio", "aio", **_AIO_SERVER_FAILS),
     **_entries(
-        "interceptors", "sync", "sync",
-        cancel_after_begin=INT_FUTURE_BLOCKS,
-    ),
-    **_entries(
         "interceptors", "sync", "aio",
         unimplemented_method=AIO_UNIMPLEMENTED,
         unimplemented_service=AIO_UNIMPLEMENTED,
-        cancel_after_begin=INT_FUTURE_BLOCKS,
-    ),
-    **_entries(
-        "interceptors", "aio", "sync",
-        ping_pong=INT_WRITE_STYLE,
-        empty_stream=INT_WRITE_STYLE,
-        custom_metadata=_then(INT_AIO_UNARY_METADATA, INT_WRITE_STYLE),
-        status_code_and_message=INT_WRITE_STYLE,
-        cancel_after_first_response=INT_WRITE_STYLE,
-        timeout_on_sleeping_server=INT_WRITE_STYLE,
     ),
     **_entries(
         "interceptors", "aio", "aio",
-        ping_pong=INT_WRITE_STYLE,
-        empty_stream=INT_WRITE_STYLE,
-        custom_metadata=_then(INT_AIO_UNARY_METADATA, INT_WRITE_STYLE),
-        status_code_and_message=INT_WRITE_STYLE,
         unimplemented_method=AIO_UNIMPLEMENTED,
         unimplemented_service=AIO_UNIMPLEMENTED,
-        cancel_after_first_response=INT_WRITE_STYLE,
-        timeout_on_sleeping_server=INT_WRITE_STYLE,
     ),
 }
 
