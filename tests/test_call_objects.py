@@ -63,7 +63,7 @@ def _tags(n: int) -> tuple[tuple[str, str], ...]:
 
 
 class MetadataServicer(cache_pb2_grpc.CacheServiceServicer):
-    """Every attempt sends its number as initial and trailing metadata. Keys: ``fail1``
+    """Every attempt sends its number as initial and trailing metadata. Keys: ``fail1...``
     fails the first attempt with UNAVAILABLE; ``slow1`` makes the first attempt take 2 s;
     ``sleep`` sleeps until cancelled (at most 10 s); Dump with key-less requests fails its
     first attempt before any item when the servicer was made with ``dump_fails_once``."""
@@ -77,7 +77,7 @@ class MetadataServicer(cache_pb2_grpc.CacheServiceServicer):
         try:
             context.send_initial_metadata(_tags(n))
             context.set_trailing_metadata(_tags(n))
-            if request.key == "fail1" and n == 1:
+            if request.key.startswith("fail1") and n == 1:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "first attempt fails")
             pause = {"slow1": 2.0 if n == 1 else 0.0, "sleep": 10.0}.get(request.key, 0.0)
             end = time.monotonic() + pause
@@ -115,7 +115,7 @@ class AsyncMetadataServicer(cache_pb2_grpc.CacheServiceServicer):
         try:
             await context.send_initial_metadata(_tags(n))
             context.set_trailing_metadata(_tags(n))
-            if request.key == "fail1" and n == 1:
+            if request.key.startswith("fail1") and n == 1:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "first attempt fails")
             pause = {"slow1": 2.0 if n == 1 else 0.0, "sleep": 10.0}.get(request.key, 0.0)
             await asyncio.sleep(pause)
@@ -299,12 +299,16 @@ def test_an_aio_unary_call_starts_unawaited_and_reports_the_deciding_attempt(
     async def body(stub: Any, channel: Any) -> None:
         call = stub.Get(cache_pb2.GetReq(key="fail1"), timeout=5)
         assert isinstance(call, grpc.aio.UnaryUnaryCall)
-        await _until(lambda: books.attempts["fail1"] == 2)  # never awaited so far
+        await _until(lambda: books.attempts["fail1"] == 1)  # never awaited so far
         assert (await call).value == b"fail1"
+        assert books.attempts["fail1"] == 2
         assert await call.code() is grpc.StatusCode.OK
         assert attempt_of(await call.initial_metadata()) == "2"
         assert attempt_of(await call.trailing_metadata()) == "2"
         assert call.done() and not call.cancelled()
+        unawaited = stub.Get(cache_pb2.GetReq(key="fail1-b"), timeout=5)
+        assert (await unawaited.code()) is grpc.StatusCode.OK  # steps itself, retry included
+        assert books.attempts["fail1-b"] == 2
         seen: list[Any] = []
         call.add_done_callback(seen.append)
         await asyncio.sleep(0)

@@ -10,7 +10,9 @@ type grpc.aio code catches.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
+import types
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -145,48 +147,173 @@ class _AioOutcome:
         await (await self._started()).done_writing()
 
 
-class AioUnaryCall(_AioOutcome, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):
-    """A unary-response call through the chain: its chain runs in a task made when the
-    stub is called, as grpc.aio runs its own calls; awaiting it gives the response."""
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
-    def __init__(self, awaitable: Any, opts: CallOptions, deadline: float | None) -> None:
+
+_COROUTINE = types.CoroutineType
+
+
+class AioUnaryCall(_AioOutcome, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):
+    """A unary-response call through the chain, started when the stub is called.
+
+    The chain's coroutine is stepped as a task steps one, in a context of its own, but
+    without a task: its first step runs in the stub call (so the RPC starts there), and
+    after that the task awaiting this call steps it directly, so ``await stub.M(req)``
+    costs no event-loop turn and no callback more than grpc.aio's own call. A call that
+    is not awaited steps itself from callbacks once something asks for its outcome
+    (``done()``, ``add_done_callback()``, ``code()``...); one that nothing ever asks about
+    has made its first attempt, and its layers see it end (closed) when it is collected.
+    """
+
+    def __init__(self, coroutine: Any, opts: CallOptions, deadline: float | None) -> None:
         self._opts = opts
         self._deadline = deadline
-        self._task = task = asyncio.ensure_future(awaitable)
-        task.add_done_callback(_retrieve)
+        if type(coroutine) is not _COROUTINE:  # another awaitable: a coroutine awaiting it
+            coroutine = _awaited(coroutine)
+        self._coroutine = coroutine
+        self._context = contextvars.copy_context()
+        self._waiting: Any = None
+        self._driven = False  # an awaiting task or the call's own callbacks step the chain
+        self._outcome: tuple[bool, Any] | None = None
+        self._completion: asyncio.Future[None] | None = None
+        self._callbacks: list[Callable[[Any], None]] = []
+        try:  # self._step(None, None), inlined: the first step of every call
+            self._waiting = self._context.run(coroutine.send, None)
+        except StopIteration as stop:
+            self._finish(True, stop.value)
+        except BaseException as exc:
+            self._finish(False, exc)
+
+    def _step(self, value: Any, error: BaseException | None) -> bool:
+        """Run the chain to its next wait; False once it has ended."""
+        try:
+            if error is None:
+                self._waiting = self._context.run(self._coroutine.send, value)
+            else:
+                self._waiting = self._context.run(self._coroutine.throw, error)
+        except StopIteration as stop:
+            self._finish(True, stop.value)
+            return False
+        except BaseException as exc:  # the call's outcome, for its awaiter
+            self._finish(False, exc)
+            return False
+        return True
+
+    def _finish(self, ok: bool, value: Any) -> None:
+        self._outcome = (ok, value)
+        self._coroutine = self._waiting = None
+        if self._completion is not None and not self._completion.done():
+            self._completion.set_result(None)
+        callbacks, self._callbacks = self._callbacks, []
+        if callbacks:
+            loop = asyncio.get_running_loop()
+            for callback in callbacks:
+                loop.call_soon(callback, self)
+
+    def _drive(self) -> None:
+        """Step the chain from callbacks, as a task would: its outcome is wanted and no
+        task awaits it."""
+        if self._outcome is None and not self._driven:
+            self._driven = True
+            self._resume_when_ready()
+
+    def _resume_when_ready(self) -> None:
+        waiting = self._waiting
+        if waiting is None:  # a bare yield (sleep(0)): step again on the next turn
+            asyncio.get_running_loop().call_soon(self._resume, None)
+        else:
+            waiting._asyncio_future_blocking = False
+            waiting.add_done_callback(self._resume)
+
+    def _resume(self, _: Any) -> None:
+        if self._outcome is None and self._step(None, None):
+            self._resume_when_ready()
 
     def __await__(self) -> Generator[Any, None, Any]:
-        try:
-            return (yield from self._task.__await__())
-        except RpcStatusError as exc:
-            raise aio_error(exc) from None
+        if self._outcome is None and not self._driven:
+            self._driven = True
+            # _step inlined: this loop is the per-call path of every awaited call.
+            run = self._context.run
+            coroutine = self._coroutine
+            waiting = self._waiting
+            while True:
+                try:
+                    value = yield waiting
+                except BaseException as exc:  # the awaiting task was cancelled
+                    if not self._step(None, exc):
+                        break
+                    waiting = self._waiting
+                    continue
+                try:
+                    waiting = self._waiting = run(coroutine.send, value)
+                except StopIteration as stop:
+                    if self._completion is None and not self._callbacks:
+                        # _finish, inlined for the usual call: nobody else is waiting.
+                        self._coroutine = self._waiting = None
+                        self._outcome = (True, stop.value)
+                        return stop.value
+                    self._finish(True, stop.value)
+                    break
+                except BaseException as exc:
+                    self._finish(False, exc)
+                    break
+        elif self._outcome is None:
+            yield from self._settled().__await__()
+        ok, value = self._outcome  # type: ignore[misc]
+        if ok:
+            return value
+        raise aio_error(value)
 
     def _error(self) -> BaseException | None:
-        task = self._task
-        if not task.done():
+        if self._outcome is None or self._outcome[0]:
             return None
-        if task.cancelled():
-            return asyncio.CancelledError()
-        error = task.exception()
-        return None if error is None else aio_error(error)
+        error = self._outcome[1]
+        return error if isinstance(error, asyncio.CancelledError) else aio_error(error)
 
     async def _settled(self) -> None:
-        await asyncio.wait((self._task,))
+        if self._outcome is None:
+            self._drive()
+            if self._completion is None:
+                self._completion = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._completion)
 
     async def _until_started(self, waiter: asyncio.Future[Any]) -> None:
-        await asyncio.wait((waiter, self._task), return_when=asyncio.FIRST_COMPLETED)
+        settled = asyncio.ensure_future(self._settled())
+        await asyncio.wait((waiter, settled), return_when=asyncio.FIRST_COMPLETED)
+        settled.cancel()
 
     def cancel(self) -> bool:
-        return self._task.cancel()
+        """Cancel what the chain waits on (the attempt in flight, or a backoff), as
+        cancelling a task would; the chain's layers then see CancelledError."""
+        if self._outcome is not None:
+            return False
+        if self._waiting is not None:
+            self._waiting.cancel()
+        rpc = self._opts.grpc_call
+        if rpc is not None:
+            rpc.cancel()
+        self._drive()  # the layers see the cancellation even if nobody awaits the call
+        return True
 
     def cancelled(self) -> bool:
-        return self._task.cancelled()
+        return self.done() and isinstance(self._outcome[1],  # type: ignore[index]
+                                          asyncio.CancelledError)
 
     def done(self) -> bool:
-        return self._task.done()
+        """Also steps a call nobody drives as far as what it waited on has finished."""
+        while self._outcome is None and not self._driven and (
+            self._waiting is None or self._waiting.done()
+        ) and self._step(None, None):
+            pass
+        return self._outcome is not None
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        self._task.add_done_callback(lambda _: callback(self))
+        if self._outcome is not None:
+            asyncio.get_running_loop().call_soon(callback, self)
+        else:
+            self._callbacks.append(callback)
+            self._drive()
 
 
 class AioStreamCall(_AioOutcome, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):

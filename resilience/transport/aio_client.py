@@ -7,6 +7,7 @@ makes a cancelled caller cancel the RPC.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from time import monotonic
 from typing import Any
@@ -64,10 +65,17 @@ def _terminal(inner: Any, kind: CallKind) -> Handler:
             credentials=opts.credentials, wait_for_ready=opts.wait_for_ready,
             compression=opts.compression,
         )
-        opts.started(rpc)
+        # opts.started(rpc), inlined for the usual call that has nothing else to tell.
+        opts.grpc_call = rpc
+        if opts.waiter is not None or opts.scope is not None:
+            opts.started(rpc)
         return rpc
 
     return unary
+
+
+new_options = object.__new__
+_COROUTINE = types.CoroutineType
 
 
 async def _expired(call: Call) -> Any:
@@ -91,7 +99,13 @@ class _AioUnaryMultiCallable(ChainMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        options = CallOptions(credentials, wait_for_ready, compression, True)
+        # CallOptions(credentials, wait_for_ready, compression, True), field by field.
+        options = new_options(CallOptions)
+        options.credentials = credentials
+        options.wait_for_ready = wait_for_ready
+        options.compression = compression
+        options.capture = True
+        options.on_start = options.scope = options.grpc_call = options.waiter = None
         call = new_call(Call)
         call.method = self._method
         call.kind = self._kind
@@ -102,8 +116,8 @@ class _AioUnaryMultiCallable(ChainMultiCallable):
         call.attempt = 1
         call.context = options
         result = self._chain(call)
-        if isinstance(result, grpc.aio.Call):
-            return result
+        if type(result) is not _COROUTINE and isinstance(result, grpc.aio.Call):
+            return result  # every layer handed grpc.aio's call back untouched
         return AioUnaryCall(result, options, call.deadline)
 
 
