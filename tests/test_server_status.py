@@ -29,6 +29,7 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
+from resilience.core.errors import DEADLINE_SLACK, cancelled_status, ended_status
 from resilience.interceptors import aio_server_interceptor, server_interceptor
 from tests.support.aio_facade import LoopThread
 from tests.support.servers import make_settings, running_server
@@ -116,12 +117,17 @@ class AsyncServicer(cache_pb2_grpc.CacheServiceServicer):
 # --- servers -------------------------------------------------------------------------------
 
 
+def servicer_for(mode: str) -> Any:
+    return Servicer() if mode == "sync" else AsyncServicer()
+
+
 @contextlib.contextmanager
-def grpc_server(mode: str, interceptors: list[Any]) -> Iterator[str]:
+def grpc_server(mode: str, interceptors: list[Any], servicer: Any = None) -> Iterator[str]:
     """A plain ``grpc.server`` or ``grpc.aio.server`` with ``interceptors``; its address."""
+    servicer = servicer_for(mode) if servicer is None else servicer
     if mode == "sync":
         server = grpc.server(ThreadPoolExecutor(8), interceptors=interceptors)
-        cache_pb2_grpc.add_CacheServiceServicer_to_server(Servicer(), server)
+        cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         try:
@@ -133,7 +139,7 @@ def grpc_server(mode: str, interceptors: list[Any]) -> Iterator[str]:
 
     async def start() -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(interceptors=interceptors)
-        cache_pb2_grpc.add_CacheServiceServicer_to_server(AsyncServicer(), server)
+        cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         return server, port
@@ -149,17 +155,17 @@ def grpc_server(mode: str, interceptors: list[Any]) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def stacked_server(mode: str, kind: str) -> Iterator[str]:
+def stacked_server(mode: str, kind: str, servicer: Any = None) -> Iterator[str]:
     """The stack on the framework's server, or as a plain interceptor; its address."""
     settings = make_settings(SERVER_MIDDLEWARE=STACK)
+    servicer = servicer_for(mode) if servicer is None else servicer
     if kind == "framework":
-        servicer = Servicer() if mode == "sync" else AsyncServicer()
         with running_server(settings, servicer, mode=mode) as server:  # type: ignore[arg-type]
             yield server.address
         return
     interceptor = server_interceptor(settings) if mode == "sync" else aio_server_interceptor(
         settings)
-    with grpc_server(mode, [interceptor]) as address:
+    with grpc_server(mode, [interceptor], servicer) as address:
         yield address
 
 
@@ -281,6 +287,22 @@ def test_the_client_gets_grpcios_status_and_the_stack_records_it(
     ]
 
 
+@pytest.mark.parametrize("kind", ["framework", "interceptor"])
+def test_a_servicer_of_base_class_methods_only(mode: str, kind: str) -> None:
+    """The generated base class alone: streaming methods answer UNIMPLEMENTED too."""
+    bare = cache_pb2_grpc.CacheServiceServicer()
+    run = dump("")
+    with grpc_server(mode, [], bare) as address, stub_for(address) as stub:
+        expected = run(stub)
+    before = handled("Dump")
+    with stacked_server(mode, kind, bare) as address, stub_for(address) as stub, \
+            capture_logs() as logs:
+        assert run(stub) == expected
+        assert recorded("Dump", before) == {"UNIMPLEMENTED": 1}
+    assert expected[0] == "UNIMPLEMENTED"
+    assert [line["code"] for line in logs if line["event"] == "rpc"] == ["UNIMPLEMENTED"]
+
+
 # --- what the sync path reads of grpc ------------------------------------------------------
 
 
@@ -294,3 +316,16 @@ def test_the_sync_server_state_the_stack_reads() -> None:
     assert state.client is not _server._CANCELLED
     context.set_code(grpc.StatusCode.NOT_FOUND)
     assert state.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_a_client_gone_near_its_deadline_ran_out_of_time() -> None:
+    """Its cancellation can reach the server a little before the server's own deadline."""
+    now = time.monotonic()
+    cancelled = asyncio.CancelledError()
+    assert cancelled_status(None) is grpc.StatusCode.CANCELLED
+    assert cancelled_status(now + 10) is grpc.StatusCode.CANCELLED
+    assert cancelled_status(now + DEADLINE_SLACK / 2) is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert ended_status(cancelled, now - 1) is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert ended_status(cancelled) is grpc.StatusCode.CANCELLED
+    assert ended_status(GeneratorExit(), now - 1) is grpc.StatusCode.CANCELLED  # closed early
+    assert ended_status(ValueError()) is grpc.StatusCode.UNKNOWN

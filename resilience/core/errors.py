@@ -84,9 +84,12 @@ def cancelled_status(deadline: float | None) -> grpc.StatusCode:
 
 
 def ended_status(exc: BaseException, deadline: float | None = None) -> grpc.StatusCode:
-    """The status of a call that ended with ``exc``: ``status_of``, except that a
-    cancellation (grpc.aio cancels a handler whose client went away or ran out of time; a
-    stream's reader may close it early) is ``cancelled_status(deadline)``."""
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+    """The status of a call that ended with ``exc``: ``status_of``, except that a stream its
+    reader closed early (GeneratorExit) is CANCELLED, and a cancelled task (grpc.aio
+    cancels a handler whose client went away or ran out of time) is
+    ``cancelled_status(deadline)``."""
+    if isinstance(exc, GeneratorExit):
+        return grpc.StatusCode.CANCELLED
+    if isinstance(exc, asyncio.CancelledError):
         return cancelled_status(deadline)
     return status_of(exc)
