@@ -6,10 +6,10 @@ Each case runs against a plain grpcio server of the same kind (no stack) for the
 client gets there, then against the stacked server, whose client must get the same and
 whose Metrics and RequestLogging must record that status: a method left to the generated
 base class, ``set_code`` with a return or a raise, an abort, an exception, a unary call
-past its deadline, and response streams ended by the client's deadline, by its cancel, by
-an abort, by an exception or by ``set_code``. The streams that end by deadline or cancel
-do it once while the servicer waits between messages (asyncio cancels it there) and once
-while grpc waits to write (the servicer floods the stream).
+past its deadline or cancelled, and response streams ended by the client's deadline, by
+its cancel, by an abort, by an exception or by ``set_code``. The streams that end by
+deadline or cancel do it once while the servicer waits between messages (asyncio cancels
+it there) and once while grpc waits to write (the servicer floods the stream).
 """
 
 from __future__ import annotations
@@ -209,6 +209,14 @@ def get(key: str, timeout: float = 10) -> Callable[[Any], Ended]:
     return lambda stub: ended(lambda: stub.Get(cache_pb2.GetReq(key=key), timeout=timeout))
 
 
+def get_cancelled(stub: Any) -> Ended:
+    """A Get cancelled while its servicer waits."""
+    call = stub.Get.future(cache_pb2.GetReq(key="sleep"), timeout=10)
+    time.sleep(0.3)  # the servicer has started
+    call.cancel()
+    return call.code().name, call.details()
+
+
 def dump(mode: str, timeout: float = 10) -> Callable[[Any], Ended]:
     metadata = (("mode", mode),)
     return lambda stub: ended(
@@ -237,6 +245,7 @@ CASES: dict[str, tuple[str, Callable[[Any], Ended], str]] = {
     "abort": ("Get", get("abort"), "PERMISSION_DENIED"),
     "exception": ("Get", get("raise"), "UNKNOWN"),
     "deadline": ("Get", get("sleep", timeout=0.3), "DEADLINE_EXCEEDED"),
+    "cancel": ("Get", get_cancelled, "CANCELLED"),
     "stream deadline": ("Dump", dump("", timeout=0.3), "DEADLINE_EXCEEDED"),
     "stream deadline, writing": ("Dump", dump("flood", timeout=0.3), "DEADLINE_EXCEEDED"),
     "stream cancel": ("Dump", dump_cancelled(""), "CANCELLED"),
