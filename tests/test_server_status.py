@@ -289,7 +289,11 @@ def test_the_client_gets_grpcios_status_and_the_stack_records_it(
     with capture_logs() as logs:
         got = run(stacked)
         counted = recorded(method, before)  # Metrics, outermost, counts after the log line
-    assert got == expected
+    if code in ("DEADLINE_EXCEEDED", "CANCELLED"):
+        # The client ends these calls itself, with details that depend on the timing.
+        assert got[0] == expected[0]
+    else:
+        assert got == expected
     assert counted == {code: 1}
     assert [(line["code"], line["method"]) for line in logs if line["event"] == "rpc"] == [
         (code, f"cache.CacheService/{method}")
