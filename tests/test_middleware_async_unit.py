@@ -632,19 +632,13 @@ def test_limit_client_context_is_not_a_servicer_context():
 
 
 class AioServicerContext:
-    """The part of grpc.aio.ServicerContext that RequestLogging reads."""
+    """A grpc.aio servicer context, which must not be read once its call is over."""
 
-    def __init__(self, code: grpc.StatusCode | None = None, cancelled: bool = False) -> None:
-        self._code = code
-        self._cancelled = cancelled
-
-    def code(self) -> grpc.StatusCode | None:
-        return self._code
-
-    def cancelled(self) -> bool:
-        return self._cancelled
+    def __init__(self) -> None:
+        self.over = False
 
     def peer(self) -> str:
+        assert not self.over, "peer() read after the call ended"
         return "ipv4:127.0.0.1:4242"
 
 
@@ -664,19 +658,28 @@ def test_logging_one_line_with_the_code():
     assert [(line["code"], line["log_level"]) for line in logs] == [("UNAVAILABLE", "warning")]
 
 
-@pytest.mark.parametrize(
-    ("context", "code"),
-    [
-        (AioServicerContext(grpc.StatusCode.NOT_FOUND), "NOT_FOUND"),
-        (AioServicerContext(cancelled=True), "CANCELLED"),
-        (AioServicerContext(), "OK"),
-    ],
-)
-def test_logging_server_reads_the_aio_context(context, code):
-    mw = make(RequestLogging, Script(), side="server")
+def test_logging_server_reads_the_peer_when_the_call_starts():
+    context = AioServicerContext()
+
+    async def ends_the_call(call: Call) -> str:
+        call.context.over = True
+        return "ok"
+
+    async def main() -> None:
+        mw = make(RequestLogging, ends_the_call, side="server")
+        assert await mw.acall(make_call(side="server", context=context)) == "ok"
+        streaming = make(RequestLogging, Stream(([0, 1], None)), STREAM, side="server")
+        context.over = False
+        responses = streaming.acall(make_call(STREAM, side="server", context=context))
+        await anext(responses)
+        context.over = True
+        await responses.aclose()
+
     with capture_logs() as logs:
-        asyncio.run(mw.acall(make_call(side="server", context=context)))
-    assert [(line["code"], line["peer"]) for line in logs] == [(code, "ipv4:127.0.0.1:4242")]
+        asyncio.run(main())
+    assert [(line["code"], line["peer"]) for line in logs] == [
+        ("OK", "ipv4:127.0.0.1:4242"), ("CANCELLED", "ipv4:127.0.0.1:4242")
+    ]
 
 
 def test_logging_server_handler_cancelled_after_its_deadline():

@@ -35,18 +35,14 @@ def make_call(side="client", kind=CallKind.UNARY_UNARY, context=None, attempt=1)
 
 
 class FakeContext:
-    def __init__(self, code=None):
-        self._code = code
+    """A servicer context that, like grpc.aio's, must not be read once its call is over."""
+
+    def __init__(self):
+        self.over = False
 
     def peer(self):
+        assert not self.over, "peer() read after the call ended"
         return "ipv4:127.0.0.1:4242"
-
-    def code(self):
-        return self._code
-
-    def abort(self, code, details):
-        self._code = code
-        raise Exception()
 
 
 def test_one_line_per_successful_call():
@@ -86,23 +82,37 @@ def test_payload_and_metadata_never_logged():
     assert "token" not in repr(logs)
 
 
-def test_server_reports_code_set_on_context_and_peer():
-    mw = make(lambda call: None, side="server")
-    with capture_logs() as logs:
-        mw(make_call("server", context=FakeContext(grpc.StatusCode.NOT_FOUND)))
+def test_server_reads_the_peer_when_the_call_starts():
+    context = FakeContext()
+
+    def handler(call):
+        call.context.over = True
+        raise RpcStatusError(grpc.StatusCode.NOT_FOUND, "gone")
+
+    mw = make(handler, side="server")
+    with capture_logs() as logs, pytest.raises(RpcStatusError):
+        mw(make_call("server", context=context))
     assert logs[0]["code"] == "NOT_FOUND"
     assert logs[0]["peer"] == "ipv4:127.0.0.1:4242"
     assert logs[0]["log_level"] == "warning"
 
 
-def test_server_abort_reports_the_aborted_code():
-    def handler(call):
-        call.context.abort(grpc.StatusCode.PERMISSION_DENIED, "no")
+def test_server_stream_closed_after_its_call_ended():
+    context = FakeContext()
 
-    mw = make(handler, side="server")
-    with capture_logs() as logs, pytest.raises(Exception):  # noqa: B017
-        mw(make_call("server", context=FakeContext()))
-    assert logs[0]["code"] == "PERMISSION_DENIED"
+    def stream(call):
+        yield 1
+        yield 2
+
+    mw = make(stream, side="server", kind=CallKind.UNARY_STREAM)
+    with capture_logs() as logs:
+        responses = mw(make_call("server", kind=CallKind.UNARY_STREAM, context=context))
+        next(responses)
+        context.over = True
+        responses.close()
+    assert [(line["code"], line["peer"]) for line in logs] == [
+        ("CANCELLED", "ipv4:127.0.0.1:4242")
+    ]
 
 
 def test_stream_logged_once_when_it_ends():

@@ -27,6 +27,7 @@ SHORT_GRACE = 2.0  # set through the environment where a test waits out the grac
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING_LINE = re.compile(r"^serving cache\.CacheService on 127\.0\.0\.1:(\d+) \(")
+METRICS_LINE = re.compile(r"^metrics at (http://\S+)$")
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,6 +46,8 @@ class RunningServer:
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         self.address = ""
+        #: The /metrics endpoint's URL, as runserver reports it (METRICS_SERVER_ADDRESS).
+        self.metrics_url = ""
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -61,6 +64,8 @@ class RunningServer:
                 break
             if line is None:
                 break
+            if metrics := METRICS_LINE.match(line):
+                self.metrics_url = metrics.group(1)
             match = SERVING_LINE.match(line)
             if match:
                 assert "environment 'testing'" in line, line

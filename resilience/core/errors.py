@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import grpc
@@ -9,6 +11,10 @@ import grpc
 #: gRFC A6 server pushback: trailing metadata telling a client when (in ms) to retry, or
 #: with a negative value not to.
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+#: A client times its deadline from before it sends the call and its server from when the
+#: call arrives, so the client's cancellation can reach the server a little before the
+#: server's own deadline: a call that ends this close to its deadline ran out of time.
+DEADLINE_SLACK = 0.05
 
 
 class ImproperlyConfigured(Exception):
@@ -67,3 +73,23 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
         if isinstance(result, grpc.StatusCode):
             return result
     return grpc.StatusCode.UNKNOWN
+
+
+def cancelled_status(deadline: float | None) -> grpc.StatusCode:
+    """The status of a call whose caller went away before it ended: DEADLINE_EXCEEDED if
+    it went at (about) its ``deadline``, a ``time.monotonic()`` value, else CANCELLED."""
+    if deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def ended_status(exc: BaseException, deadline: float | None = None) -> grpc.StatusCode:
+    """The status of a call that ended with ``exc``: ``status_of``, except that a stream its
+    reader closed early (GeneratorExit) is CANCELLED, and a cancelled task (grpc.aio
+    cancels a handler whose client went away or ran out of time) is
+    ``cancelled_status(deadline)``."""
+    if isinstance(exc, GeneratorExit):
+        return grpc.StatusCode.CANCELLED
+    if isinstance(exc, asyncio.CancelledError):
+        return cancelled_status(deadline)
+    return status_of(exc)

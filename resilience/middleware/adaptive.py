@@ -230,16 +230,13 @@ class AdaptiveLimit(Middleware):
         if self._streaming:
             return self._stream(call, token)
         try:
+            # A server handler that outlived its deadline (or its client) and returned
+            # anyway reaches here as that status (resilience.transport.server), a drop.
             response = self.handler(call)
         except BaseException as exc:
             settle(token, exc)
             raise
-        context = call.context
-        if self._server and context is not None and not context.is_active():
-            # A sync handler that outlived its deadline (or its client) still returns.
-            token.dropped()
-        else:
-            token.success()
+        token.success()
         return response
 
     def _stream(self, call: Call, token: Token) -> SampledStream:

@@ -30,7 +30,7 @@ import grpc
 import structlog
 
 from resilience.core.call import Call
-from resilience.core.errors import MiddlewareNotUsed, RpcStatusError
+from resilience.core.errors import MiddlewareNotUsed, RpcStatusError, cancelled_status
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
 from resilience.core.streams import end_early
 from resilience.faults import Fault, FaultDecider, parse_delay_ms, parse_status
@@ -230,7 +230,7 @@ class FaultInjection(Middleware):
         if self._server and call.context is not None:
             ended = threading.Event()
             if not call.context.add_callback(ended.set) or ended.wait(seconds):
-                if call.deadline is not None and time.monotonic() >= call.deadline:
+                if cancelled_status(call.deadline) is grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise self._late(call, delay)
                 raise RpcStatusError(
                     grpc.StatusCode.CANCELLED,

@@ -10,7 +10,6 @@ nothing. With metrics on, a unary call adds to a few plain numbers of its thread
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from bisect import bisect_left
@@ -20,7 +19,7 @@ from typing import Any
 import grpc
 
 from resilience.core.call import Call
-from resilience.core.errors import MiddlewareNotUsed, status_of
+from resilience.core.errors import MiddlewareNotUsed, ended_status
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
 from resilience.metrics.rpc import BOUNDS, FIRST_BOUND, OK, RpcSeries, Shard
 
@@ -30,21 +29,22 @@ _clock = time.perf_counter
 _bisect = bisect_left
 
 
-def _code(exc: BaseException) -> grpc.StatusCode:
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return _CANCELLED
-    return status_of(exc)
-
-
 class _Outcome:
-    """Records a call's end exactly once, from whichever path ends it first."""
+    """Records a call's end exactly once, from whichever path ends it first. ``deadline``
+    tells a server handler cancelled because its client ran out of time (see
+    ``ended_status``)."""
 
-    __slots__ = ("_series", "_started", "_token")
+    __slots__ = ("_deadline", "_series", "_started", "_token")
 
-    def __init__(self, series: RpcSeries, started: float | None) -> None:
+    def __init__(self, series: RpcSeries, started: float | None, deadline: float | None
+                 ) -> None:
         self._series = series
         self._started = started
+        self._deadline = deadline
         self._token = [True]
+
+    def fail(self, exc: BaseException) -> None:
+        self.finish(ended_status(exc, self._deadline))
 
     def finish(self, code: grpc.StatusCode) -> None:
         try:
@@ -74,7 +74,7 @@ class _CountedStream:
             self._outcome.finish(_OK)
             raise
         except BaseException as exc:
-            self._outcome.finish(_code(exc))
+            self._outcome.fail(exc)
             raise
         self._count()
         return item
@@ -109,7 +109,7 @@ class _AsyncCountedStream:
             self._outcome.finish(_OK)
             raise
         except BaseException as exc:
-            self._outcome.finish(_code(exc))
+            self._outcome.fail(exc)
             raise
         self._count()
         return item
@@ -172,6 +172,7 @@ class Metrics(Middleware):
         self._handled_created = series.handled_created
         self._histogram = self.options.histogram
         self._request_streaming = info.kind.request_streaming
+        self._server = info.side == "server"
         # What a request stream and a response stream are counted with in this mode.
         self._count_requests = _acounted if info.is_async else _counted
         self._counted_stream = _AsyncCountedStream if info.is_async else _CountedStream
@@ -200,7 +201,7 @@ class Metrics(Middleware):
         try:
             response = self.handler(call)
         except BaseException as exc:
-            self.series.handled(_code(exc), started)
+            self._failed(call, exc, started)
             raise
         elapsed = _clock() - started
         if self._handled_created[OK] is None:
@@ -216,7 +217,7 @@ class Metrics(Middleware):
         try:
             response = self.handler(call)
         except BaseException as exc:
-            self.series.handled(_code(exc), started)
+            self._failed(call, exc, started)
             raise
         self._ok(shard, started)
         return response
@@ -234,7 +235,7 @@ class Metrics(Middleware):
         try:
             response = await self.handler(call)
         except BaseException as exc:
-            self.series.handled(_code(exc), started)
+            self._failed(call, exc, started)
             raise
         elapsed = _clock() - started
         if self._handled_created[OK] is None:
@@ -248,7 +249,7 @@ class Metrics(Middleware):
         try:
             response = await self.handler(call)
         except BaseException as exc:
-            self.series.handled(_code(exc), started)
+            self._failed(call, exc, started)
             raise
         self._ok(shard, started)
         return response
@@ -256,13 +257,22 @@ class Metrics(Middleware):
     def _stream(self, call: Call) -> _CountedStream | _AsyncCountedStream:
         """A response stream, counted by the mode's stream wrapper."""
         _, call, started = self._start(call)
-        outcome = _Outcome(self.series, started)
+        outcome = _Outcome(self.series, started, self._deadline(call))
         try:
             responses = self.handler(call)
         except BaseException as exc:
-            outcome.finish(_code(exc))
+            outcome.fail(exc)
             raise
         return self._counted_stream(responses, self.series.count_response, outcome)
+
+    def _deadline(self, call: Call) -> float | None:
+        """The deadline a cancellation is read against: a server handler cancelled at its
+        deadline answered DEADLINE_EXCEEDED; a client's caller that cancels, CANCELLED."""
+        return call.deadline if self._server else None
+
+    def _failed(self, call: Call, exc: BaseException, started: float | None) -> None:
+        """Count a unary call that ended with ``exc``."""
+        self.series.handled(ended_status(exc, self._deadline(call)), started)
 
     def _start(self, call: Call) -> tuple[Shard, Call, float | None]:
         """Count a started call, with a request stream's messages: the shard, the call to

@@ -1,14 +1,16 @@
 """The asyncio server side: the server stack around async servicers, on grpc.aio.
 
 The stack is an async chain: the servicer's coroutine is awaited, its async generator
-iterated. A servicer's ``await context.abort(...)`` becomes an ``RpcStatusError`` inside the
-stack, so middleware see the real status, and a status that reaches the top is sent with
-``context.abort``.
+iterated. A servicer's ``await context.abort(...)`` (or ``set_code``) becomes a status
+inside the stack, so middleware see the real status, and grpc.aio then gets the
+servicer's own outcome back; a status a middleware raises is sent with ``context.abort``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,11 +20,33 @@ import grpc.aio
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import ImproperlyConfigured, RpcStatusError
 from resilience.core.middleware import Handler
-from resilience.transport.server import StackInterceptor, as_status, make_call
+from resilience.transport.server import (
+    ServicerStatus,
+    StackInterceptor,
+    make_call,
+    raised,
+    returned,
+)
+
+#: Set while the entry resumes a stream whose client has gone, for the terminal to end it.
+_STOPPING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "resilience_stream_stopping", default=False
+)
+_stopping = _STOPPING.get
+_monotonic = time.monotonic
+
+
+def _generated(behavior: Callable[..., Any]) -> bool:
+    """Is ``behavior`` left to the generated servicer base class? Though sync, it only sets
+    UNIMPLEMENTED and raises, so the stack calls it on the loop, and the client gets what
+    grpc.aio sends for it without a stack."""
+    return str(getattr(behavior, "__module__", "")).endswith("_pb2_grpc")
 
 
 def require_async(method: str, behavior: Callable[..., Any], kind: CallKind) -> None:
     """The aio stack awaits unary servicer methods and iterates streaming ones."""
+    if _generated(behavior):
+        return
     if kind.response_streaming:
         if not inspect.isasyncgenfunction(behavior):
             raise ImproperlyConfigured(
@@ -37,23 +61,53 @@ def require_async(method: str, behavior: Callable[..., Any], kind: CallKind) -> 
         )
 
 
+def _past(deadline: float | None) -> bool:
+    """Has the deadline passed? On grpc.aio a client that goes away earlier cancels the
+    handler (CancelledError), which middleware read with ``ended_status``."""
+    return deadline is not None and _monotonic() >= deadline
+
+
 def _terminal(behavior: Callable[[Any, Any], Any], kind: CallKind) -> Handler:
+    """The stack's innermost layer: the servicer, whose every non-OK end reaches the
+    middleware as the status its client gets (``raised``, ``returned``)."""
     if kind.response_streaming:
 
         async def stream(call: Call) -> AsyncIterator[Any]:
+            stopped = False
             try:
-                async for response in behavior(call.request, call.context):
+                responses = behavior(call.request, call.context)
+                async for response in responses:
                     yield response
+                    if _stopping():
+                        stopped = True  # the client has gone: end as grpc would
+                        break
             except Exception as exc:
-                raise as_status(call.context, exc) from exc
+                if (failed := raised(call, exc, _past(call.deadline))) is None:
+                    raise
+                raise failed from exc
+            if stopped:
+                await responses.aclose()
+            status = returned(call, None, stopped or _past(call.deadline))
+            if status is not None:
+                raise status
 
         return stream
 
     async def unary(call: Call) -> Any:
+        context = call.context
         try:
-            return await behavior(call.request, call.context)
+            response = await behavior(call.request, context)
         except Exception as exc:
-            raise as_status(call.context, exc) from exc
+            if (failed := raised(call, exc, _past(call.deadline))) is None:
+                raise
+            raise failed from exc
+        deadline = call.deadline
+        if context.code() is None and (deadline is None or _monotonic() < deadline):
+            return response
+        status = returned(call, response, _past(deadline))
+        if status is None:
+            return response
+        raise status
 
     return unary
 
@@ -68,24 +122,65 @@ async def _abort(context: grpc.aio.ServicerContext, exc: RpcStatusError) -> None
     await context.abort(exc.code(), exc.details())
 
 
+async def _replay(context: grpc.aio.ServicerContext, status: ServicerStatus) -> Any:
+    """Give grpc.aio what the servicer gave: its response, or the exception it raised."""
+    error = status.error
+    if error is None:
+        return status.response
+    if isinstance(error, RpcStatusError):
+        return await _abort(context, error)
+    raise error
+
+
+async def _stop(responses: AsyncIterator[Any]) -> None:
+    """A stream's write failed because its client has gone: resume the stack once, so that
+    the terminal ends it with the client's status through every layer's error path, while
+    the call is still there to read. A stack that answers anyway is closed instead."""
+    token = _STOPPING.set(True)
+    try:
+        await anext(responses)
+    except (StopAsyncIteration, grpc.RpcError):
+        return
+    finally:
+        _STOPPING.reset(token)
+    aclose = getattr(responses, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 def _entry(chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], Any]:
-    """The coroutine (or async generator) grpc.aio runs per RPC."""
+    """The coroutine grpc.aio runs per RPC. A response stream is written here rather than
+    yielded to grpc, which would abandon the stack, unfinished, to the garbage collector
+    when its client goes; the stack is ended before the call is."""
     if kind.response_streaming:
 
-        async def serve_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        async def serve_stream(request: Any, context: Any) -> None:
+            status = None
             try:
-                async for response in chain(make_call(method, kind, request, context)):
-                    yield response
+                responses = aiter(chain(make_call(method, kind, request, context)))
+                async for response in responses:
+                    try:
+                        await context.write(response)
+                    except BaseException:
+                        await _stop(responses)
+                        raise
+            except ServicerStatus as exc:
+                status = exc
             except RpcStatusError as exc:
                 await _abort(context, exc)
+            if status is not None:
+                await _replay(context, status)
 
         return serve_stream
 
     async def serve(request: Any, context: Any) -> Any:
         try:
             return await chain(make_call(method, kind, request, context))
+        except ServicerStatus as exc:
+            status = exc
         except RpcStatusError as exc:
-            await _abort(context, exc)
+            return await _abort(context, exc)
+        return await _replay(context, status)
 
     return serve
 

@@ -14,15 +14,20 @@ from typing import Any, ClassVar
 
 import grpc
 
+# The sync server's per-call state: what the stack reads on the happy path (pinned by
+# tests/test_server_status.py), since grpc's code() and is_active() cost three frames.
+from grpc._server import _CANCELLED
+
 from resilience.conf.chains import ChainResolver
 from resilience.core.call import Call, CallKind
 from resilience.core.chain import build_chain
-from resilience.core.errors import ImproperlyConfigured, RpcStatusError
+from resilience.core.errors import ImproperlyConfigured, RpcStatusError, cancelled_status
 from resilience.core.middleware import Handler, Middleware
 from resilience.metrics.recorder import recorder_for
 
 # ServicerContext.time_remaining() reports a deadline-less call as decades away.
 _NO_DEADLINE = 1e8
+_monotonic = time.monotonic
 
 _HANDLER_FACTORIES: dict[CallKind, Callable[..., grpc.RpcMethodHandler]] = {
     CallKind.UNARY_UNARY: grpc.unary_unary_rpc_method_handler,
@@ -41,34 +46,120 @@ def _behavior(handler: grpc.RpcMethodHandler, kind: CallKind) -> Callable[[Any, 
     }[kind]
 
 
-def as_status(context: Any, exc: Exception) -> Exception:
-    """A servicer's ``context.abort`` raises an exception that is no RpcError (a bare
-    Exception, or grpc.aio's AbortError) after setting the code: turn it into its status."""
+class ServicerStatus(RpcStatusError):
+    """The status a servicer's own outcome gives its client, raised inside the stack so
+    that middleware see it: a code the servicer set (``set_code``, ``abort``, a generated
+    base class's UNIMPLEMENTED) before it returned or raised, or the end its client's
+    departure meant. The entry hands the outcome itself back to grpc (``response``
+    returned, or ``error`` raised), which then answers exactly as it does without a stack.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, *,
+                 error: BaseException | None = None, response: Any = None) -> None:
+        super().__init__(code, details)
+        self.error = error
+        self.response = response
+
+
+_GONE_DETAILS = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the call's deadline passed before the servicer ended",
+    grpc.StatusCode.CANCELLED: "the client cancelled the call before the servicer ended",
+}
+
+
+def _set_status(call: Call, gone: bool) -> tuple[grpc.StatusCode, str] | None:
+    """The non-OK status the servicer's client gets: the code the servicer set, or the
+    client's own end if it has ``gone``, which takes precedence (grpc sends nothing then)."""
+    if gone:
+        code = cancelled_status(call.deadline)
+        return code, _GONE_DETAILS[code]
+    context = call.context
     code = context.code()
-    if code is None or code is grpc.StatusCode.OK or isinstance(exc, grpc.RpcError):
-        return exc
-    details = context.details() or b""
+    if code is None or code is grpc.StatusCode.OK:
+        return None
+    details = context.details() or ""
     if isinstance(details, bytes):
         details = details.decode("utf-8", "replace")
-    return RpcStatusError(code, details)
+    return code, details
+
+
+def raised(call: Call, exc: Exception, gone: bool) -> ServicerStatus | None:
+    """What the stack sees of a servicer that raised ``exc``: the status grpc will send for
+    it, or None to pass ``exc`` as it is (a status of our own, or any other error, which
+    is UNKNOWN). An RpcError from another call would otherwise read as that call's status.
+    """
+    if isinstance(exc, RpcStatusError) and not gone:
+        return None
+    status = _set_status(call, gone)
+    if status is not None:
+        return ServicerStatus(*status, error=exc)
+    if isinstance(exc, grpc.RpcError):
+        return ServicerStatus(grpc.StatusCode.UNKNOWN, str(exc), error=exc)
+    return None
+
+
+def returned(call: Call, response: Any, gone: bool) -> ServicerStatus | None:
+    """What the stack sees of a servicer that returned: None for OK, else its status."""
+    status = _set_status(call, gone)
+    return None if status is None else ServicerStatus(*status, response=response)
+
+
+def _gone(call: Call) -> bool:
+    """Has the sync server's client gone (cancelled, or out of time)?"""
+    deadline = call.deadline
+    return call.context._state.client is _CANCELLED or (
+        deadline is not None and _monotonic() >= deadline
+    )
 
 
 def _terminal(behavior: Callable[[Any, Any], Any], kind: CallKind) -> Handler:
+    """The stack's innermost layer: the servicer, whose every non-OK end reaches the
+    middleware as the status its client gets (``raised``, ``returned``)."""
     if kind.response_streaming:
 
         def stream(call: Call) -> Iterator[Any]:
+            state = call.context._state
+            stopped = False
             try:
-                yield from behavior(call.request, call.context)
+                responses = iter(behavior(call.request, call.context))
+                for response in responses:
+                    yield response
+                    if state.client is _CANCELLED:
+                        stopped = True  # grpc asks for no more: end as it would
+                        break
             except Exception as exc:
-                raise as_status(call.context, exc) from exc
+                if (failed := raised(call, exc, _gone(call))) is None:
+                    raise
+                raise failed from exc
+            if stopped:
+                close = getattr(responses, "close", None)
+                if close is not None:
+                    close()
+            status = returned(call, None, stopped or _gone(call))
+            if status is not None:
+                raise status
 
         return stream
 
     def unary(call: Call) -> Any:
+        context = call.context
         try:
-            return behavior(call.request, call.context)
+            response = behavior(call.request, context)
         except Exception as exc:
-            raise as_status(call.context, exc) from exc
+            if (failed := raised(call, exc, _gone(call))) is None:
+                raise
+            raise failed from exc
+        # grpc's own state rather than code() and is_active(): no frames on the happy path.
+        state = context._state
+        deadline = call.deadline
+        if state.code is None and state.client is not _CANCELLED and (
+            deadline is None or _monotonic() < deadline
+        ):
+            return response
+        status = returned(call, response, _gone(call))
+        if status is None:
+            return response
+        raise status
 
     return unary
 
@@ -77,6 +168,29 @@ def _abort(context: Any, exc: RpcStatusError) -> None:
     if exc.trailing_metadata():
         context.set_trailing_metadata(exc.trailing_metadata())
     context.abort(exc.code(), exc.details())
+
+
+def _replay(context: Any, status: ServicerStatus) -> Any:
+    """Give grpc what the servicer gave: its response, or the exception it raised."""
+    error = status.error
+    if error is None:
+        return status.response
+    if isinstance(error, RpcStatusError):
+        _abort(context, error)
+    raise error
+
+
+def _stop(responses: Iterator[Any]) -> None:
+    """grpc stopped reading a stream because its client has gone: resume the stack once,
+    so that the terminal ends it with the client's status through every layer's error
+    path. A stack that answers anyway (not from the servicer) is closed instead."""
+    try:
+        next(responses)
+    except (StopIteration, grpc.RpcError):
+        return
+    close = getattr(responses, "close", None)
+    if close is not None:
+        close()
 
 
 def make_call(method: str, kind: CallKind, request: Any, context: Any) -> Call:
@@ -97,18 +211,32 @@ def _entry(chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], 
     if kind.response_streaming:
 
         def serve_stream(request: Any, context: Any) -> Iterator[Any]:
+            status = None
             try:
-                yield from chain(make_call(method, kind, request, context))
+                responses = iter(chain(make_call(method, kind, request, context)))
+                # Not ``yield from``, which would close the stack when grpc drops this.
+                for response in responses:  # noqa: UP028
+                    yield response
+            except GeneratorExit:
+                _stop(responses)
+                raise
+            except ServicerStatus as exc:
+                status = exc
             except RpcStatusError as exc:
                 _abort(context, exc)
+            if status is not None:
+                _replay(context, status)
 
         return serve_stream
 
     def serve(request: Any, context: Any) -> Any:
         try:
             return chain(make_call(method, kind, request, context))
+        except ServicerStatus as exc:
+            status = exc
         except RpcStatusError as exc:
-            _abort(context, exc)
+            return _abort(context, exc)
+        return _replay(context, status)
 
     return serve
 

@@ -6,9 +6,8 @@ of sync or grpc.aio client with sync or grpc.aio server, in three modes:
   installed app, and clients from ``connect()``/``aio_connect()``, with the shipped chains.
 - ``interceptors``: ``resilience.interceptors`` on a plain grpc server and channel.
 
-The framework should be invisible to code written against grpc, so every case should
-pass in every mode. Those that fail today are listed in ``XFAIL`` as strict xfails: when a
-fix makes one pass, it fails as XPASS, and its entry is to be deleted.
+The framework should be invisible to code written against grpc, so every case passes in
+every mode.
 
 Servers are started once per (mode, server kind) for the whole module; each case gets
 channels of its own, so that a breaker or budget one case trips cannot change another.
@@ -54,63 +53,13 @@ KINDS = ("sync", "aio")
 #: module); below the 10 s Timeout the settings give TestService, so a hang reads as one.
 CASE_SECONDS = 5.0
 
-# Why cases fail today, as seen; each names the first error a case meets.
-AIO_SERVER_START = (
-    "AioServer does not start: require_async rejects the generated base class's sync "
-    "methods (CacheableUnaryCall first), which must answer UNIMPLEMENTED (ImproperlyConfigured)"
-)
-AIO_UNIMPLEMENTED = (
-    "aio server stack: require_async raises ImproperlyConfigured on a base-class method's "
-    "first call, so the client gets UNKNOWN, not UNIMPLEMENTED"
-)
-def _then(first: str, behind: str) -> str:
-    """A reason for a case that fails first for ``first`` and then for ``behind``: seen in
-    a scratch run that got past ``first``, or what the case's next step runs into."""
-    return f"{first}; behind it: {behind}"
-
-
-def _entries(mode: str, client: str, server: str, **cases: str
-             ) -> dict[tuple[str, str, str, str], str]:
-    return {(mode, client, server, case): reason for case, reason in cases.items()}
-
-
-#: On the framework's asyncio server, every case fails until it starts.
-_AIO_SERVER_FAILS = {
-    case: _then(AIO_SERVER_START, AIO_UNIMPLEMENTED)
-    if case in ("unimplemented_method", "unimplemented_service") else AIO_SERVER_START
-    for case in CASES
-}
-
-#: The cases that fail today: (mode, client kind, server kind, case) -> why. Strict: a
-#: case listed here that passes fails the run (XPASS), and its entry is to be deleted.
-XFAIL: dict[tuple[str, str, str, str], str] = {
-    **_entries("framework", "sync", "aio", **_AIO_SERVER_FAILS),
-    **_entries("framework", "aio", "aio", **_AIO_SERVER_FAILS),
-    **_entries(
-        "interceptors", "sync", "aio",
-        unimplemented_method=AIO_UNIMPLEMENTED,
-        unimplemented_service=AIO_UNIMPLEMENTED,
-    ),
-    **_entries(
-        "interceptors", "aio", "aio",
-        unimplemented_method=AIO_UNIMPLEMENTED,
-        unimplemented_service=AIO_UNIMPLEMENTED,
-    ),
-}
-
-
 def _params() -> Iterator[Any]:
-    """Every (mode, client, server, case), the listed ones marked as strict xfails."""
-    known = {(m, c, s, case) for m in MODES for c in KINDS for s in KINDS for case in CASES}
-    if unknown := set(XFAIL) - known:
-        raise ValueError(f"XFAIL entries that name no test: {sorted(unknown)}")
+    """Every (mode, client, server, case)."""
     for mode in MODES:
         for client in KINDS:
             for server in KINDS:
                 for case in CASES:
-                    reason = XFAIL.get((mode, client, server, case))
-                    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-                    yield pytest.param(mode, client, server, case, marks=marks,
+                    yield pytest.param(mode, client, server, case,
                                        id=f"{mode}-{client}-{server}-{case}")
 
 
