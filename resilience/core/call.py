@@ -133,16 +133,16 @@ class CallOptions:
     for ``write()`` on a call whose chain runs in a task.
     """
 
-    __slots__ = (
-        "capture",
-        "compression",
-        "credentials",
-        "grpc_call",
-        "on_start",
-        "scope",
-        "wait_for_ready",
-        "waiter",
-    )
+    # Class-level defaults, no __slots__: the asyncio call object is its own options and
+    # sets only what differs (transport/aio_calls.py), on every call.
+    credentials: Any = None
+    wait_for_ready: Any = None
+    compression: Any = None
+    capture = False
+    on_start: Callable[[Any], None] | None = None
+    scope: CancelScope | None = None
+    grpc_call: Any = None
+    waiter: Any = None
 
     def __init__(
         self,
@@ -159,8 +159,6 @@ class CallOptions:
         self.capture = capture
         self.on_start = on_start
         self.scope = scope
-        self.grpc_call: Any = None
-        self.waiter: Any = None
 
     def child(self) -> CallOptions:
         """Options for one of several concurrent attempts (Hedging): the same arguments

@@ -295,8 +295,9 @@ class CircuitBreaker(Middleware):
 
     async def _aunary(self, call: Call) -> Any:
         """``__call__`` for asyncio, recording the outcome once it has been awaited."""
+        storage = self._storage
         probe = None
-        if self._storage.state != pybreaker.STATE_CLOSED:
+        if storage._state != pybreaker.STATE_CLOSED:  # the fields, as on the sync path
             try:
                 probe = self._admit()
             except RpcStatusError as error:
@@ -313,7 +314,7 @@ class CircuitBreaker(Middleware):
         except BaseException as exc:  # CancelledError: neither outcome, but frees the trial
             self._settle(probe, exc)
             raise
-        if probe is not None or self._storage.counter:
+        if probe is not None or storage._fail_counter:
             self._settle(probe, None)
         return response
 

@@ -254,7 +254,7 @@ class Retry(Middleware):
             except grpc.RpcError as exc:
                 await self.asleep(self._backoff_or_raise(call, attempt, exc))
             else:
-                if budget is not None:
+                if budget is not None and budget.tokens < budget.max_tokens:  # as __call__
                     budget.record_success()
                 return response
             attempt += 1

@@ -147,14 +147,16 @@ class _AioOutcome:
         await (await self._started()).done_writing()
 
 
-async def _awaited(awaitable: Any) -> Any:
+async def as_coroutine(awaitable: Any) -> Any:
+    """Any awaitable as a coroutine, which a call object steps."""
     return await awaitable
 
 
 _COROUTINE = types.CoroutineType
 
 
-class AioUnaryCall(_AioOutcome, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):
+class AioUnaryCall(CallOptions, _AioOutcome, grpc.aio.UnaryUnaryCall,
+                   grpc.aio.StreamUnaryCall):
     """A unary-response call through the chain, started when the stub is called.
 
     The chain's coroutine is stepped as a task steps one, in a context of its own, but
@@ -164,22 +166,36 @@ class AioUnaryCall(_AioOutcome, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCal
     is not awaited steps itself from callbacks once something asks for its outcome
     (``done()``, ``add_done_callback()``, ``code()``...); one that nothing ever asks about
     has made its first attempt, and its layers see it end (closed) when it is collected.
+
+    On a channel the call is its own ``CallOptions`` (one object per call, not two), made
+    field by field by the multicallable; ``AioUnaryCall(coroutine, opts, deadline)``
+    serves callers whose options are their own (the plain interceptors).
     """
 
+    # Defaults for what the per-call path does not set.
+    _driven = False  # an awaiting task or the call's own callbacks step the chain
+    _outcome: tuple[bool, Any] | None = None
+    _completion: asyncio.Future[None] | None = None
+    _callbacks: list[Callable[[Any], None]] | tuple[()] = ()
+    _waiting: Any = None
+
+    _options: CallOptions | None = None  # options that are another object
+
+    @property
+    def _opts(self) -> CallOptions:  # type: ignore[override]
+        """The options the terminal reports to: this call's own, unless it was given some
+        (a property, not ``self._opts = self``: a reference cycle per call)."""
+        return self if self._options is None else self._options
+
     def __init__(self, coroutine: Any, opts: CallOptions, deadline: float | None) -> None:
-        self._opts = opts
+        self._options = opts
         self._deadline = deadline
         if type(coroutine) is not _COROUTINE:  # another awaitable: a coroutine awaiting it
-            coroutine = _awaited(coroutine)
+            coroutine = as_coroutine(coroutine)
         self._coroutine = coroutine
-        self._context = contextvars.copy_context()
-        self._waiting: Any = None
-        self._driven = False  # an awaiting task or the call's own callbacks step the chain
-        self._outcome: tuple[bool, Any] | None = None
-        self._completion: asyncio.Future[None] | None = None
-        self._callbacks: list[Callable[[Any], None]] = []
-        try:  # self._step(None, None), inlined: the first step of every call
-            self._waiting = self._context.run(coroutine.send, None)
+        self._context = context = contextvars.copy_context()
+        try:
+            self._waiting = context.run(coroutine.send, None)
         except StopIteration as stop:
             self._finish(True, stop.value)
         except BaseException as exc:
@@ -205,7 +221,7 @@ class AioUnaryCall(_AioOutcome, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCal
         self._coroutine = self._waiting = None
         if self._completion is not None and not self._completion.done():
             self._completion.set_result(None)
-        callbacks, self._callbacks = self._callbacks, []
+        callbacks, self._callbacks = self._callbacks, ()
         if callbacks:
             loop = asyncio.get_running_loop()
             for callback in callbacks:
@@ -312,7 +328,7 @@ class AioUnaryCall(_AioOutcome, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCal
         if self._outcome is not None:
             asyncio.get_running_loop().call_soon(callback, self)
         else:
-            self._callbacks.append(callback)
+            self._callbacks = [*self._callbacks, callback]
             self._drive()
 
 
