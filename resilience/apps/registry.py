@@ -9,9 +9,12 @@ from collections.abc import Iterator, Sequence
 from resilience.apps.config import AppConfig, Service
 from resilience.core.call import CallKind
 from resilience.core.errors import ImproperlyConfigured
+from resilience.core.loading import describe_exception
 
 
 def _import_config(entry: str) -> AppConfig:
+    """The app's AppConfig; anything its import raises (a SyntaxError in its servicer, an
+    ImportError of its own) becomes ImproperlyConfigured naming the app and the error."""
     try:
         module = importlib.import_module(f"{entry}.apps")
     except ModuleNotFoundError as exc:
@@ -20,7 +23,13 @@ def _import_config(entry: str) -> AppConfig:
                 f"app '{entry}' cannot be imported: no module '{entry}.apps' "
                 f"(an app is a package with an apps.py that defines an AppConfig subclass)"
             ) from None
-        raise
+        raise ImproperlyConfigured(
+            f"app '{entry}' cannot be imported: {describe_exception(exc)}"
+        ) from None
+    except Exception as exc:
+        raise ImproperlyConfigured(
+            f"app '{entry}' cannot be imported: {describe_exception(exc)}"
+        ) from None
     configs = [
         obj
         for obj in vars(module).values()

@@ -14,6 +14,8 @@ from typing import Any, Literal, TypeVar
 
 import grpc
 
+from resilience.core.spelling import did_you_mean
+
 T = TypeVar("T")
 
 _STATUS_NAMES = {code.name: code for code in grpc.StatusCode}
@@ -137,7 +139,9 @@ def build_options(
         name = by_lower.get(str(key).lower())
         if name is None:
             valid = ", ".join(sorted(fields)) or "none"
-            problems.append(f"unknown {noun} '{key}'; valid {noun}s: {valid}")
+            problems.append(
+                f"unknown {noun} '{key}'{did_you_mean(str(key), fields)}; valid {noun}s: {valid}"
+            )
             continue
         try:
             coerced = _coerce(value, hints[name])

@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import importlib
+import traceback
 from typing import Any
 
 from resilience.core.errors import ImproperlyConfigured
+from resilience.core.spelling import did_you_mean
+
+
+def describe_exception(exc: BaseException) -> str:
+    """The one line a check message shows for an import that failed: the error's type and
+    message and, unless the message already says it (a SyntaxError does), where it was
+    raised. Never a traceback."""
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    text = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    # The innermost frame of the user's code, not importlib's own machinery.
+    user = [f for f in frames if "importlib" not in f.filename and "<frozen" not in f.filename]
+    if user:
+        text += f" (at {user[-1].filename}, line {user[-1].lineno})"
+    return text
 
 
 def import_string(path: str) -> Any:
-    """Import ``package.module.Attribute``; raise ImproperlyConfigured with the reason."""
+    """Import ``package.module.Attribute``; raise ImproperlyConfigured with the reason.
+
+    Any exception the module raises while it is imported (a SyntaxError, an ImportError of
+    its own, a NameError) becomes that ImproperlyConfigured, so check can report it.
+    """
     if not isinstance(path, str) or "." not in path:
         raise ImproperlyConfigured(f"{path!r} doesn't look like a dotted path (module.Attribute)")
     module_path, _, attr = path.rpartition(".")
@@ -20,12 +41,18 @@ def import_string(path: str) -> Any:
             raise ImproperlyConfigured(
                 f"'{path}' does not import: no module named '{exc.name}'"
             ) from None
-        raise ImproperlyConfigured(f"'{path}' does not import: {exc}") from None
-    except ImportError as exc:
-        raise ImproperlyConfigured(f"'{path}' does not import: {exc}") from None
+        raise ImproperlyConfigured(
+            f"'{path}' does not import: {describe_exception(exc)}"
+        ) from None
+    except Exception as exc:
+        raise ImproperlyConfigured(
+            f"'{path}' does not import: {describe_exception(exc)}"
+        ) from None
     try:
         return getattr(module, attr)
     except AttributeError:
+        public = [name for name in vars(module) if not name.startswith("_")]
         raise ImproperlyConfigured(
-            f"'{path}' does not import: module '{module_path}' defines no '{attr}'"
+            f"'{path}' does not import: module '{module_path}' defines no "
+            f"'{attr}'{did_you_mean(attr, public)}"
         ) from None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from resilience.core.errors import ImproperlyConfigured
+from resilience.core.loading import describe_exception
 from resilience.management.base import BaseCommand, CommandError
 
 GLOBAL_OPTIONS = frozenset({"--settings", "--env"})
@@ -55,7 +56,11 @@ def find_commands(argv: list[str] | None = None) -> tuple[dict[str, str], str]:
     commands = _commands_in("resilience.management.commands")
     apps, problem = _installed_apps(argv or [])
     for app in apps:
-        commands.update(_commands_in(f"{app}.management.commands"))
+        try:
+            commands.update(_commands_in(f"{app}.management.commands"))
+        except Exception as exc:  # a broken app: check reports it (E007); others run
+            problem = problem or (f"ERROR resilience.E007 INSTALLED_APPS: app '{app}' cannot "
+                                  f"be imported: {describe_exception(exc)}")
     return commands, problem
 
 
@@ -63,7 +68,8 @@ def load_command(name: str, argv: list[str] | None = None, **streams: Any) -> Ba
     commands, problem = find_commands(argv)
     if name not in commands:
         if problem:
-            raise CommandError(f"ERROR resilience.E000 settings: {problem}")
+            raise CommandError(problem if problem.startswith("ERROR ")
+                               else f"ERROR resilience.E000 settings: {problem}")
         raise CommandError(
             f"unknown command '{name}'; available: {', '.join(sorted(commands))}", 2
         )
