@@ -22,6 +22,7 @@ _LIMITS = {
 
 class CacheConfig(AppConfig):
     name = "apps.cache"
+    settings = tuple(_LIMITS)
     services = (
         Service(
             descriptor=cache_pb2.DESCRIPTOR.services_by_name["CacheService"],

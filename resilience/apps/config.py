@@ -44,6 +44,9 @@ class AppConfig:
 
     name: ClassVar[str] = ""
     services: ClassVar[tuple[Service, ...]] = ()
+    #: The app's own setting names (``CACHE_MAX_VALUE_BYTES``): check reports a key one or
+    #: two letters off one of them as a typo instead of letting the app read its default.
+    settings: ClassVar[tuple[str, ...]] = ()
 
     def check(self, settings: Any) -> list[CheckMessage]:
         """The app's own checks, such as of its settings; ``resilience.checks.error`` makes

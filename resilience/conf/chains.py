@@ -181,9 +181,14 @@ class ChainResolver:
         try:
             obj = import_string(path)
         except ImproperlyConfigured as exc:
+            # A missing module or attribute is a misspelling; anything else is the module's
+            # own error (a SyntaxError, an import of its own), to fix there.
+            spelling = ": no module named '" in str(exc) or "' defines no '" in str(exc)
             self.problems.append(error(
                 "resilience.E002", setting, str(exc),
-                "check the spelling; built-in middleware live in resilience.middleware",
+                "check the spelling; built-in middleware live in resilience.middleware"
+                if spelling else f"fix the error in the module of '{path}', or remove it "
+                f"from {setting}",
             ))
             return None
         if not (inspect.isclass(obj) and issubclass(obj, Middleware)):

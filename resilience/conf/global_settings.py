@@ -51,6 +51,11 @@ class GlobalSettings:
         "Per-method overrides of CLIENT_OPTIONS, keyed by 'package.Service/Method' or "
         "'package.Service'; the most specific key wins, option by option.",
     )
+    PROTO_MODULES: tuple[str, ...] = option(
+        (),
+        "Dotted paths of generated *_pb2 modules whose services an application without "
+        "apps serves or calls; check and the interceptors check method names against them.",
+    )
     IDEMPOTENT_METHODS: tuple[str, ...] = option(
         (),
         "Methods ('package.Service/Method') or services that are safe to retry and hedge, "

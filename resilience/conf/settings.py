@@ -12,6 +12,7 @@ from dynaconf import Dynaconf
 from resilience.conf.global_settings import GlobalSettings
 from resilience.conf.options import build_options
 from resilience.core.errors import ImproperlyConfigured
+from resilience.core.spelling import closest
 
 ENV_VAR = "RESILIENCE_ENV"
 SETTINGS_VAR = "RESILIENCE_SETTINGS"
@@ -27,7 +28,11 @@ class Settings:
 
     ``problems`` holds every value that failed validation (as ``(setting, message)``); the
     defaults stand in for those values so that checks can go on and report everything.
+    ``sections`` are the file's top-level section names, for check to catch a misspelled
+    ``[default]``.
     """
+
+    sections: tuple[str, ...] = ()
 
     def __init__(self, raw: dict[str, Any], *, env: str, path: Path) -> None:
         self.env = env
@@ -84,9 +89,11 @@ def load_settings(
         raise ImproperlyConfigured(f"settings file '{file}' is not valid TOML: {exc}") from None
     environments = sorted(k.lower() for k in sections if k.lower() not in {"default", "global"})
     if env not in environments:
+        near = closest(env, environments)
+        misspelt = f" (is [{near}] a misspelling of it?)" if near else ""
         raise ImproperlyConfigured(
-            f"environment '{env}' (from --env or {ENV_VAR}) has no [{env}] section in {file}; "
-            f"choose one of: {', '.join(environments)}"
+            f"environment '{env}' (from --env or {ENV_VAR}) has no [{env}] section in {file}"
+            f"{misspelt}; choose one of: {', '.join(environments)}"
         )
     secrets = file.with_name(".secrets.toml")
     dynaconf = Dynaconf(
@@ -101,4 +108,6 @@ def load_settings(
         raw = dynaconf.as_dict()
     except Exception as exc:
         raise ImproperlyConfigured(f"settings file '{file}' could not be read: {exc}") from None
-    return Settings(raw, env=env, path=file)
+    settings = Settings(raw, env=env, path=file)
+    settings.sections = tuple(sections)
+    return settings

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from resilience.apps.config import AppConfig
 from resilience.apps.registry import Apps, load_apps
 from resilience.checks import CheckMessage, error, unique, warning
 from resilience.conf.chains import ChainResolver, lookup, service_of
-from resilience.conf.global_settings import SETTING_NAMES
+from resilience.conf.names import (
+    aimed_option_problems,
+    method_suggestion,
+    option_method_problems,
+    option_table_problems,
+    proto_methods,
+    section_problems,
+    setting_name_problems,
+    unchecked_method_names,
+    well_formed,
+)
 from resilience.conf.settings import Settings
 from resilience.core.errors import ImproperlyConfigured
+from resilience.core.loading import describe_exception
 from resilience.distributed.checks import redis_problems
 from resilience.protos import app_protos, stale
 from resilience.transport.credentials import (
@@ -34,24 +47,37 @@ def _setting_problems(settings: Settings) -> list[CheckMessage]:
 
 
 def _unknown_settings(settings: Settings, apps: Apps | None) -> list[CheckMessage]:
-    prefixes = tuple(
-        config.name.rpartition(".")[2].upper() + "_" for config in (apps.configs if apps else ())
-    )
-    return [
-        warning("resilience.W001", key, "is not a setting of resilience or of an installed app",
-                "check the spelling; app settings start with the app's label, like CACHE_")
-        for key in settings.raw
-        if key not in SETTING_NAMES and not key.startswith(prefixes)
-    ]
+    """E070 for a near miss of a setting's name, W001 for other unknown keys."""
+    return setting_name_problems(settings, apps) + section_problems(settings)
+
+
+def _app_check(config: AppConfig, settings: Settings) -> list[CheckMessage]:
+    """The app's own check; one that raises is reported, not a traceback."""
+    try:
+        return list(config.check(settings))
+    except Exception as exc:
+        return [error("resilience.E007", "INSTALLED_APPS",
+                      f"app '{config.name}': its check() raised {describe_exception(exc)}",
+                      "fix the app's AppConfig.check")]
 
 
 def _apps(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
-    try:
-        apps = load_apps(settings.INSTALLED_APPS)
-    except ImproperlyConfigured as exc:
-        return None, [error("resilience.E007", "INSTALLED_APPS", str(exc),
-                            "list importable app packages, such as 'apps.cache'")]
-    messages = [message for config in apps.configs for message in config.check(settings)]
+    failed = []
+    for entry in settings.INSTALLED_APPS:  # one at a time, to report every broken app
+        try:
+            load_apps([entry])
+        except ImproperlyConfigured as exc:
+            missing = f"no module '{entry}.apps'" in str(exc)
+            failed.append(error(
+                "resilience.E007", "INSTALLED_APPS", str(exc),
+                "list importable app packages, such as 'apps.cache'" if missing else
+                f"fix the error in the app's code (the message says where), or remove "
+                f"'{entry}' from INSTALLED_APPS",
+            ))
+    if failed:
+        return None, failed
+    apps = load_apps(settings.INSTALLED_APPS)
+    messages = [message for config in apps.configs for message in _app_check(config, settings)]
     messages += [
         warning("resilience.W002", "INSTALLED_APPS", f"app '{config.name}' declares no services",
                 "add Service entries to its AppConfig.services, or remove the app")
@@ -69,21 +95,56 @@ def _apps(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
             for service in config.services
             if service.async_servicer is None
         ]
+        messages += _async_servicer_problems(apps)
     return apps, messages
 
 
+def _async_servicer_problems(apps: Apps) -> list[CheckMessage]:
+    """E074: what the asyncio server refuses at startup, a servicer method that is not
+    ``async def`` (an async generator for response streams), or is missing. Only a class
+    can be inspected without calling user code; a factory function is taken on trust."""
+    from resilience.transport.aio_server import require_async  # imports the server stack
+
+    messages = []
+    for config in apps.configs:
+        for service in config.services:
+            factory = service.async_servicer
+            if not inspect.isclass(factory):
+                continue
+            for method, kind in service.methods():
+                short = method.rpartition("/")[2]
+                behavior = getattr(factory, short, None)
+                try:
+                    if behavior is None:
+                        raise ImproperlyConfigured(
+                            f"servicer method {method} is missing from {factory.__qualname__}"
+                        )
+                    require_async(method, behavior, kind)
+                except ImproperlyConfigured as exc:
+                    messages.append(error(
+                        "resilience.E074", "INSTALLED_APPS",
+                        f"app '{config.name}': {exc}, and ASYNCIO is on: runserver would "
+                        f"refuse to start",
+                        f"define {factory.__qualname__}.{short} as 'async def' (with 'yield' "
+                        f"for a response stream), or turn ASYNCIO off",
+                    ))
+    return messages
+
+
 def _method_keys(settings: Settings, methods: set[str]) -> list[CheckMessage]:
-    """Keys of the per-method tables must name a served method or service."""
+    """Keys of the per-method tables must name a served method or service. With no method
+    known at all only malformed keys are errors (W072 says the rest go unchecked)."""
     services = {service_of(m) for m in methods}
     messages = []
     for setting in ("CLIENT_METHOD_MIDDLEWARE", "CLIENT_METHOD_OPTIONS"):
         for key in getattr(settings, setting):
-            if key in methods or key in services:
+            if key in methods or key in services or (not methods and well_formed(key)):
                 continue
-            if "/" not in key and "." not in key:
+            if not well_formed(key):
                 msg = f"key '{key}' is not 'package.Service/Method' or 'package.Service'"
             else:
-                msg = f"key '{key}' names no method or service of an installed app"
+                msg = (f"key '{key}' names no method or service of an installed app or "
+                       f"of PROTO_MODULES{method_suggestion(key, methods)}")
             messages.append(error(
                 "resilience.E008", setting, msg,
                 f"known methods: {', '.join(sorted(methods)) or 'none'}",
@@ -92,26 +153,9 @@ def _method_keys(settings: Settings, methods: set[str]) -> list[CheckMessage]:
 
 
 def _unused_options(settings: Settings, used: dict[str, set[str]]) -> list[CheckMessage]:
-    """Options for a middleware that no chain lists are almost always a typo."""
-    messages = []
-    tables = {
-        "SERVER_OPTIONS": ("server", settings.SERVER_OPTIONS),
-        "CLIENT_OPTIONS": ("client", settings.CLIENT_OPTIONS),
-        **{
-            f'CLIENT_METHOD_OPTIONS."{key}"': ("client", table)
-            for key, table in settings.CLIENT_METHOD_OPTIONS.items()
-        },
-    }
-    for setting, (side, table) in tables.items():
-        for name in table:
-            if lookup({n: n for n in used[side]}, name) is None:
-                messages.append(warning(
-                    "resilience.W003", f"{setting}.{name}",
-                    f"options for '{name}', which no {side} chain lists",
-                    f"use the middleware's class name; {side} chains list: "
-                    f"{', '.join(sorted(used[side])) or 'nothing'}",
-                ))
-    return messages
+    """Options for a middleware that no chain lists are almost always a typo (E071 when
+    the name is close to a middleware's, W003 otherwise)."""
+    return option_table_problems(settings, used)
 
 
 # Apps and their generated code (resilience.E050-E059, W050-W059).
@@ -121,11 +165,12 @@ def _app_code_problems(settings: Settings, apps: Apps, methods: set[str]) -> lis
     services = {service_of(m) for m in methods}
     messages = [
         error("resilience.E050", "IDEMPOTENT_METHODS",
-              f"'{key}' names no method or service of an installed app",
+              f"'{key}' names no method or service of an installed app or of "
+              f"PROTO_MODULES{method_suggestion(key, methods)}",
               f"use 'package.Service/Method' or 'package.Service'; known methods: "
               f"{', '.join(sorted(methods)) or 'none'}")
         for key in settings.IDEMPOTENT_METHODS
-        if key not in methods and key not in services
+        if key not in methods and key not in services and (methods or not well_formed(key))
     ]
     for config in apps.configs:
         app_dir = Path(sys.modules[type(config).__module__].__file__ or "").parent
@@ -149,7 +194,9 @@ def run_checks(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
     apps, app_messages = _apps(settings)
     messages += app_messages + _unknown_settings(settings, apps)
     if apps is not None:
-        methods = apps.methods()
+        protos, proto_messages = proto_methods(settings)
+        methods = {**protos, **apps.methods()}
+        messages += proto_messages
         resolver = ChainResolver(settings)
         for side in ("server", "client"):
             # The default chains too, so that they are checked even before an app serves
@@ -158,6 +205,10 @@ def run_checks(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
                 resolver.resolve(side, method)
         messages += resolver.problems + _method_keys(settings, set(methods))
         messages += _unused_options(settings, resolver.listed)
+        messages += option_method_problems(settings, methods)
+        messages += aimed_option_problems(settings, methods, resolver.listed)
+        if not methods:
+            messages += unchecked_method_names(settings, set())
         messages += redis_problems(settings, methods)
         messages += _app_code_problems(settings, apps, set(methods))
     messages = unique(messages)

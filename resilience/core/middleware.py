@@ -62,6 +62,12 @@ class MiddlewareOptions:
     def validate(self) -> list[str]:
         return []
 
+    def method_names(self) -> list[tuple[str, str]]:
+        """(option, name) for every method (``package.Service/Method``) or service name the
+        options hold. check compares them with the served methods: a misspelled one would
+        make the option silently do nothing for the method meant."""
+        return []
+
 
 class Middleware:
     """Base class for middleware. Subclasses override ``__call__`` (the sync path) and/or

@@ -12,6 +12,7 @@ import structlog
 
 from resilience.checks import CheckMessage, unique
 from resilience.conf.chains import ChainResolver, service_of
+from resilience.conf.names import unchecked_method_names
 from resilience.conf.settings import Settings, load_settings
 from resilience.conf.validation import run_checks
 from resilience.core.errors import ImproperlyConfigured
@@ -38,6 +39,7 @@ def _in_mode(settings: Settings, is_async: bool) -> Settings:
 _METHOD_NAME_CHECKS = {
     "resilience.E008": r"key '(.*?)'",  # CLIENT_METHOD_MIDDLEWARE / CLIENT_METHOD_OPTIONS
     "resilience.E050": r"^'(.*?)' names no method",  # IDEMPOTENT_METHODS
+    "resilience.E072": r"option '[^']*' names '(.*?)'",  # method names inside options
 }
 
 
@@ -51,7 +53,11 @@ def _bad_method_key(key: str, app_services: set[str], app_methods: set[str]) -> 
 
 
 def _interceptor_checks(settings: Settings) -> list[CheckMessage]:
-    """check's messages, adjusted to interceptors: they serve methods no app declares."""
+    """check's messages, adjusted to interceptors: they serve methods no app declares.
+
+    With PROTO_MODULES the application's own methods are known too, and every method name
+    is checked as strictly as check does; without it, names of services no app declares
+    pass, and W072 says that they went unchecked."""
     apps, messages = run_checks(settings)
     app_methods = set(apps.methods()) if apps is not None else set()
     app_services = {service_of(m) for m in app_methods}
@@ -67,9 +73,9 @@ def _interceptor_checks(settings: Settings) -> list[CheckMessage]:
     listed = {side: {name.lower() for name in names} for side, names in resolver.listed.items()}
     kept = []
     for message in messages:
-        if message.id == "resilience.E010":  # about runserver's servicers, not ours
+        if message.id in ("resilience.E010", "resilience.E074"):  # runserver's servicers
             continue
-        if message.id in _METHOD_NAME_CHECKS:
+        if message.id in _METHOD_NAME_CHECKS and not settings.PROTO_MODULES:
             found = re.search(_METHOD_NAME_CHECKS[message.id], message.msg)
             if found and not _bad_method_key(found.group(1), app_services, app_methods):
                 continue
@@ -78,6 +84,8 @@ def _interceptor_checks(settings: Settings) -> list[CheckMessage]:
             if found and found.group(1).lower() in listed[found.group(2)]:
                 continue
         kept.append(message)
+    if not settings.PROTO_MODULES:
+        kept += unchecked_method_names(settings, app_services)
     return unique(kept + resolver.problems)
 
 

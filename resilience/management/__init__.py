@@ -128,4 +128,8 @@ def execute_from_command_line(argv: list[str] | None = None) -> int:
 def main() -> None:
     """Console entry point (``resilience-admin``)."""
     os.environ.setdefault("RESILIENCE_SETTINGS", str(Path.cwd() / "settings" / "settings.toml"))
+    # As manage.py and ``python -m`` do: the project's own modules (PROTO_MODULES, its
+    # middleware) import from where the command runs, not only once installed.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     sys.exit(execute_from_command_line(sys.argv))

@@ -148,6 +148,9 @@ class AdaptiveLimit(Middleware):
             "RESOURCE_EXHAUSTED", "The status of a rejected call."
         )
 
+        def method_names(self) -> list[tuple[str, str]]:
+            return [("partitions", method) for method in self.partitions or {}]
+
         def algorithm_options(self) -> tuple[Any, list[str]]:
             """The chosen algorithm's options built from ``params``, and the problems."""
             return build_options(ALGORITHMS[self.algorithm].Options, self.params or {})

@@ -71,6 +71,12 @@ class TokenAuth(Middleware):
             DEFAULT_EXEMPT, "Services or full method names that need no credentials."
         )
 
+        def method_names(self) -> list[tuple[str, str]]:
+            names = [("exempt", target) for target in self.exempt]
+            return names + [("permissions", target)
+                            for allowed in (self.permissions or {}).values()
+                            for target in allowed]
+
         def validate(self) -> list[str]:
             problems = []
             tokens = self.tokens or {}

@@ -122,6 +122,15 @@ class Bulkhead(Middleware):
         def limit_of(self, group: str) -> int:
             return (self.limits or {}).get(group, self.max_concurrent)
 
+        def method_names(self) -> list[tuple[str, str]]:
+            """Group members, and the method names (with a '/') that limits and
+            executor_threads give a method's own group."""
+            names = [("groups", m) for members in (self.groups or {}).values() for m in members]
+            for option_name in ("limits", "executor_threads"):
+                table: Mapping[str, int] = getattr(self, option_name) or {}
+                names += [(option_name, key) for key in table if "/" in key]
+            return names
+
         def validate(self) -> list[str]:
             problems = []
             groups = self.groups or {}

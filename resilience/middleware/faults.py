@@ -139,6 +139,9 @@ class FaultInjection(Middleware):
                     )
             return problems
 
+        def method_names(self) -> list[tuple[str, str]]:
+            return [("methods", method.strip("/")) for method in self.methods]
+
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
         super().__init__(handler, options, info)
         opts = cast(FaultInjection.Options, options)

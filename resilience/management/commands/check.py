@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from resilience.conf.validation import run_checks, security_checks
-from resilience.management.base import BaseCommand, CommandError
+from resilience.management.base import BaseCommand, CommandError, add_asyncio_option
 
 
 class Command(BaseCommand):
@@ -15,6 +15,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--deploy", action="store_true",
                             help="also run the deployment checks (always on in production)")
+        add_asyncio_option(parser)  # check what runserver --asyncio would refuse
 
     def handle(self, **options: Any) -> int:
         _, messages = run_checks(self.settings)
