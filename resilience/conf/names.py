@@ -233,7 +233,8 @@ def option_method_problems(settings: Settings, methods: Iterable[str]) -> list[C
     for side in sides:
         for method in sorted(methods):
             for spec in resolver.resolve(side, method):
-                for option, target in spec.options.method_names():
+                names = getattr(spec.options, "method_names", None)  # any Options class
+                for option, target in names() if names else ():
                     source = _option_source(resolver, side, method, spec.name, option)
                     if target not in (methods if "/" in target else services):
                         messages.append(error(
