@@ -144,6 +144,9 @@ BATCHES = {
         [default.SERVER_OPTIONS.Bulkhaed]
         max_concurrent = 4
 
+        [default.SERVER_OPTIONS.Fallbak]
+        function = "apps.cache.fallbacks.last_value"
+
         [default.CLIENT_METHOD_OPTIONS."cache.CacheService/Get".Timout]
         seconds = 2.0
 
@@ -280,6 +283,9 @@ CASES = [
                                "server chains list: ConcurrencyLimit, RequestLogging")),
     Case("options-table-unlisted-builtin", "typos", "E071", "SERVER_OPTIONS.Bulkhaed",
          "'Bulkhaed'", ("did you mean 'Bulkhead', which no server chain lists either?",)),
+    Case("options-table-other-side", "typos", "E071", "SERVER_OPTIONS.Fallbak", "'Fallbak'",
+         ("did you mean 'Fallback'", "Fallback is a client middleware: its options go in "
+                                     "CLIENT_OPTIONS")),
     Case("options-table-in-method-table", "typos", "E071",
          'CLIENT_METHOD_OPTIONS."cache.CacheService/Get".Timout', "'Timout'",
          ("did you mean 'Timeout'?",

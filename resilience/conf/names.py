@@ -24,6 +24,7 @@ from resilience.conf.options import build_options
 from resilience.conf.settings import Settings
 from resilience.core.call import CallKind, Side
 from resilience.core.loading import describe_exception
+from resilience.core.middleware import Middleware
 from resilience.core.spelling import closest, did_you_mean
 
 #: Sections dynaconf gives a meaning of its own; any other section is an environment.
@@ -133,12 +134,11 @@ def method_suggestion(name: str, methods: Iterable[str]) -> str:
     return did_you_mean(name, known | {service_of(m) for m in known})
 
 
-def _side_middleware(side: Side) -> dict[str, type]:
-    """The built-in middleware that can run on ``side``, by name."""
+def _builtin_middleware() -> dict[str, type[Middleware]]:
+    """The built-in middleware classes, by name."""
     import resilience.middleware as builtins  # the package imports the transports
 
-    classes = {name: getattr(builtins, name) for name in builtins.__all__}
-    return {name: cls for name, cls in classes.items() if side in cls.sides}
+    return {name: getattr(builtins, name) for name in builtins.__all__}
 
 
 def option_table_problems(settings: Settings, listed: Mapping[str, set[str]]
@@ -156,22 +156,29 @@ def option_table_problems(settings: Settings, listed: Mapping[str, set[str]]
             for key, table in settings.CLIENT_METHOD_OPTIONS.items()
         },
     }
+    builtins = _builtin_middleware()
     for setting, (side, table) in tables.items():
         used = {n: n for n in listed[side]}
-        builtins = _side_middleware(side)
+        candidates = set(used) | set(builtins)
         for name, values in table.items():
             if lookup(used, name) is not None:
                 continue
+            # A built-in's own name, even of the other side, is no typo (W003 says where).
             exact = lookup({n: n for n in builtins}, name)
-            near = None if exact else closest(name, set(used) | set(builtins))
+            near = None if exact else closest(name, candidates)
             chains = ", ".join(sorted(listed[side])) or "nothing"
             if near is not None:
                 where = "" if near in used else f", which no {side} chain lists either"
+                other = near in builtins and side not in builtins[near].sides
+                fix = (f"{near} is a client middleware: its options go in CLIENT_OPTIONS"
+                       if other and side == "server" else
+                       f"{near} is a server middleware: its options go in SERVER_OPTIONS"
+                       if other else f"rename the table to [{setting}.{near}]")
                 messages.append(error(
                     "resilience.E071", f"{setting}.{name}",
                     f"options for '{name}', which is no middleware (did you mean "
                     f"'{near}'{where}?); nothing reads them",
-                    f"rename the table to [{setting}.{near}]; {side} chains list: {chains}",
+                    f"{fix}; {side} chains list: {chains}",
                 ))
                 continue
             messages.append(warning(
