@@ -70,6 +70,14 @@ FIXTURE_MODULES = {
             def check(self, settings):
                 raise RuntimeError("boom")
     """),
+    "names_fx_cmdapp/__init__.py": "",
+    "names_fx_cmdapp/apps.py": (
+        "from resilience.apps import AppConfig\n\n\nclass Commands(AppConfig):\n"
+        "    name = 'names_fx_cmdapp'\n"
+    ),
+    "names_fx_cmdapp/management/__init__.py": "",
+    "names_fx_cmdapp/management/commands/__init__.py": "",
+    "names_fx_cmdapp/management/commands/broken.py": "def handle(self)\n",
     "names_fx_halfasync/__init__.py": "",
     "names_fx_halfasync/apps.py": textwrap.dedent("""\
         from apps.cache.protos import cache_pb2, cache_pb2_grpc
@@ -520,6 +528,19 @@ def test_asyncio_check_matches_what_runserver_asyncio_refuses(
     served = refusal(manage_with(fixture_path, "runserver", "127.0.0.1:0", "--asyncio",
                                  "--settings", str(path), timeout=20))
     assert message in served, served
+
+
+def test_a_command_module_that_does_not_import_is_one_line(
+    tmp_path: Path, fixture_path: Path
+) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('[default]\nINSTALLED_APPS = ["names_fx_cmdapp"]\n[development]\n',
+                    encoding="utf-8")
+    result = manage_with(fixture_path, "broken", "--settings", str(path))
+    output = assert_clean_failure(result)
+    assert ("command 'broken' (names_fx_cmdapp.management.commands.broken) does not import: "
+            "SyntaxError: expected ':'") in output, output
+    assert "broken.py, line 1)" in output, output
 
 
 # --- an existing grpcio application: PROTO_MODULES ---------------------------------------

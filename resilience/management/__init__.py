@@ -73,7 +73,11 @@ def load_command(name: str, argv: list[str] | None = None, **streams: Any) -> Ba
         raise CommandError(
             f"unknown command '{name}'; available: {', '.join(sorted(commands))}", 2
         )
-    module = importlib.import_module(f"{commands[name]}.{name}")
+    try:
+        module = importlib.import_module(f"{commands[name]}.{name}")
+    except Exception as exc:  # the command's own code is broken: say where, briefly
+        raise CommandError(f"command '{name}' ({commands[name]}.{name}) does not import: "
+                           f"{describe_exception(exc)}") from None
     return module.Command(**streams)
 
 
@@ -88,8 +92,11 @@ def _usage(prog: str, argv: list[str]) -> str:
     lines = [f"usage: {prog} COMMAND [options]", "", "commands:"]
     commands, problem = find_commands(argv)
     for name, package in sorted(commands.items()):
-        module = importlib.import_module(f"{package}.{name}")
-        lines.append(f"  {name:<12} {module.Command.help}")
+        try:
+            help_text = importlib.import_module(f"{package}.{name}").Command.help
+        except Exception as exc:
+            help_text = f"(does not import: {describe_exception(exc)})"
+        lines.append(f"  {name:<12} {help_text}")
     lines.append("")
     if problem:
         lines.append(f"(apps' commands are missing: {problem})")
