@@ -526,7 +526,8 @@ def test_valid_options_and_defaults() -> None:
 def test_validation_messages_name_the_option_the_value_and_the_fix() -> None:
     assert problems(groups=GROUPS, limits={"report": 3}) == [
         "option 'limits' names group 'report', which is not in 'groups' (groups: reports, "
-        "updates); name a group from 'groups', or a full method name for a method's own group"
+        "updates) (did you mean 'reports'?); name a group from 'groups', or a full method "
+        "name for a method's own group"
     ]
     assert problems(groups={"a": [GET], "b": [GET, DUMP]}) == [
         f"option 'groups' puts {GET} in both 'a' and 'b'; a method belongs to one group: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import traceback
 from typing import Any
 
@@ -19,7 +20,9 @@ def describe_exception(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     frames = traceback.extract_tb(exc.__traceback__)
     # The innermost frame of the user's code, not importlib's own machinery.
-    user = [f for f in frames if "importlib" not in f.filename and "<frozen" not in f.filename]
+    machinery = os.path.dirname(importlib.__file__ or "") + os.sep
+    user = [f for f in frames
+            if not f.filename.startswith(("<frozen", machinery)) and f.filename != __file__]
     if user:
         text += f" (at {user[-1].filename}, line {user[-1].lineno})"
     return text

@@ -17,6 +17,7 @@ import grpc
 from resilience.core.call import Call
 from resilience.core.errors import MiddlewareNotUsed, RpcStatusError
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+from resilience.core.spelling import did_you_mean
 
 AUTHORIZATION = "authorization"
 SCHEME = "bearer"
@@ -102,7 +103,8 @@ class TokenAuth(Middleware):
                 if identity not in known:
                     problems.append(
                         f"option 'permissions' names identity '{identity}', which is in "
-                        f"neither 'tokens' nor 'peers'; add it there or fix the name"
+                        f"neither 'tokens' nor 'peers'{did_you_mean(identity, known)}; add "
+                        f"it there or fix the name"
                     )
                 for target in allowed:
                     if "." not in target.partition("/")[0]:

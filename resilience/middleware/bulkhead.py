@@ -24,6 +24,7 @@ import structlog
 from resilience.core.call import Call
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+from resilience.core.spelling import did_you_mean
 from resilience.core.streams import ReleasingIterator, release_once
 
 log = structlog.get_logger(__name__)
@@ -165,8 +166,9 @@ class Bulkhead(Middleware):
                         known = ", ".join(sorted(groups)) or "none"
                         problems.append(
                             f"option '{name}' names group {group!r}, which is not in "
-                            f"'groups' (groups: {known}); name a group from 'groups', or a "
-                            "full method name for a method's own group"
+                            f"'groups' (groups: {known}){did_you_mean(group, groups)}; name "
+                            "a group from 'groups', or a full method name for a method's "
+                            "own group"
                         )
                     if value < 1:
                         problems.append(
