@@ -269,7 +269,7 @@ TYPO_HINT = "rename it to"
 CASES = [
     # Settings (E070): one or two edits from a known setting.
     Case("setting-plural", "typos", "E070", "SERVER_MIDDLEWARES", "SERVER_MIDDLEWARES",
-         ("did you mean 'SERVER_MIDDLEWARE'?", "SERVER_MIDDLEWARE keeps its value",
+         ("did you mean 'SERVER_MIDDLEWARE'?", "nothing reads it",
           "rename it to SERVER_MIDDLEWARE")),
     Case("setting-swapped-letters", "typos", "E070", "LOG_LEVLE", "LOG_LEVLE",
          ("did you mean 'LOG_LEVEL'?", TYPO_HINT)),

@@ -51,8 +51,8 @@ def setting_name_problems(settings: Settings, apps: Apps | None) -> list[CheckMe
         if (match := closest(key, known)) is not None:
             messages.append(error(
                 "resilience.E070", key,
-                f"is not a setting, so {match} keeps its value from the defaults (did you "
-                f"mean '{match}'?)",
+                f"is not a setting, so nothing reads it and {match} is left as it was "
+                f"(did you mean '{match}'?)",
                 f"rename it to {match} in {settings.path}; a setting of your own needs a "
                 f"name of its own, starting with your app's label",
             ))
