@@ -56,6 +56,7 @@ class TokenAuth(Middleware):
         tokens: dict[str, str] | None = option(
             None,
             "Identity name -> its bearer token (keep them in settings/.secrets.toml).",
+            secret=True,
         )
         peers: tuple[str, ...] = option(
             (),
@@ -195,7 +196,9 @@ class BearerToken(Middleware):
 
     @dataclasses.dataclass(frozen=True)
     class Options(MiddlewareOptions):
-        token: str = option("", "The bearer token (keep it in settings/.secrets.toml).")
+        token: str = option(
+            "", "The bearer token (keep it in settings/.secrets.toml).", secret=True
+        )
 
         def validate(self) -> list[str]:
             problem = _token_problem("option 'token'", self.token)

@@ -8,6 +8,7 @@ import signal
 import threading
 from typing import Any, TypeVar
 
+from resilience.conf.addresses import bind_address_problem
 from resilience.conf.validation import security_checks
 from resilience.core.errors import ImproperlyConfigured
 from resilience.management.base import BaseCommand, CommandError, add_asyncio_option
@@ -33,6 +34,9 @@ class Command(BaseCommand):
             raise CommandError(f"refusing to start: {len(errors)} configuration error(s); "
                                f"run 'manage.py check' for the full list")
         address = options["address"] or self.settings.SERVER_ADDRESS
+        if options["address"] and (problem := bind_address_problem(address)):
+            # SERVER_ADDRESS is checked with the settings; the argument the same way.
+            raise CommandError(f"runserver's address argument is {address!r}; {problem}")
         metrics = self._serve_metrics()
         try:
             if self.settings.ASYNCIO:
