@@ -50,6 +50,8 @@ def _blocks(data: bytes) -> tuple[list[tuple[str, bytes, bool]], str | None]:
     """The PEM blocks of ``data`` as (label, DER, encrypted), or why it is not PEM."""
     found = list(_BLOCK.finditer(data))
     if not found:
+        if not data.strip():
+            return [], "it is empty"
         if b"-----BEGIN " in data:
             return [], "its PEM block has no matching '-----END ...-----' line (cut short?)"
         if data[:1] == b"\x30":  # an ASN.1 SEQUENCE: DER, the binary form
@@ -78,8 +80,13 @@ def _certificate_problem(der: bytes) -> str | None:
     try:
         context.load_verify_locations(cadata=der)
     except ssl.SSLError as exc:
-        return exc.reason or str(exc)
+        return _reason(exc)
     return None
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason, without the source location."""
+    return exc.reason or re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc))
 
 
 def _content_problem(name: str, kind: str, blocks: list[tuple[str, bytes, bool]]
@@ -89,8 +96,8 @@ def _content_problem(name: str, kind: str, blocks: list[tuple[str, bytes, bool]]
     certs = [der for label, der, _ in blocks if label == "CERTIFICATE"]
     if kind == KEY:
         if any(encrypted for label, _, encrypted in blocks if "PRIVATE KEY" in label):
-            return ("resilience.E035", "holds an encrypted private key, which grpc cannot "
-                    "use (it takes no passphrase)",
+            return ("resilience.E035", "holds an encrypted private key: grpc cannot use it "
+                    "(it takes no passphrase)",
                     f"write the key unencrypted (openssl pkey -in KEY -out KEY.plain) and "
                     f"keep it readable only by the service's user; point {name} at it")
         if not any(label in KEY_LABELS for label in labels):
@@ -104,7 +111,8 @@ def _content_problem(name: str, kind: str, blocks: list[tuple[str, bytes, bool]]
         what = "a private key" if any("PRIVATE KEY" in label for label in labels) else (
             ", ".join(labels))
         swapped = ": are the certificate and key files swapped?" if kind == CERTIFICATES else ""
-        fix = ("the PEM certificate chain, the server's or client's own certificate first"
+        own = "client's" if name.startswith("CLIENT_") else "server's"
+        fix = (f"the PEM certificate chain, the {own} own certificate first"
                if kind == CERTIFICATES else "a PEM bundle of CA certificates")
         return ("resilience.E035", f"holds {what} and no certificate{swapped}",
                 f"point {name} at {fix} ('-----BEGIN CERTIFICATE-----')")
@@ -112,7 +120,8 @@ def _content_problem(name: str, kind: str, blocks: list[tuple[str, bytes, bool]]
         problem = _certificate_problem(der)
         if problem:
             return ("resilience.E033",
-                    f"certificate {number} of {len(certs)} cannot be parsed ({problem})",
+                    f"has a certificate that cannot be parsed: number {number} of "
+                    f"{len(certs)} ({problem})",
                     f"replace {name} with an intact PEM file (re-export or re-download it)")
     return None
 
@@ -129,10 +138,11 @@ def _file_problems(settings: Any, name: str, kind: str) -> list[CheckMessage]:
                       f"point {name} at a readable PEM file {_WHERE}")]
     blocks, not_pem = _blocks(data)
     if not_pem:
+        convert = ("; convert it with 'openssl pkey -inform der -in FILE -out FILE.pem'"
+                   if kind == KEY else "; convert it with 'openssl x509 -inform der -in "
+                   "FILE -out FILE.pem'") if "DER" in not_pem else ""
         return [error("resilience.E033", name, f"is {_shown_path(path)}, but {not_pem}",
-                      f"point {name} at a PEM file {_WHERE}; convert DER with "
-                      f"'openssl x509 -inform der -in FILE -out FILE.pem' (a key: "
-                      f"'openssl pkey -inform der ...')")]
+                      f"point {name} at a PEM file {_WHERE}{convert}")]
     problem = _content_problem(name, kind, blocks)
     if problem:
         id_, message, hint = problem
@@ -160,7 +170,7 @@ def _pair_problem(settings: Any, side: str) -> list[CheckMessage]:
             )]
         return [error("resilience.E033", key_name,
                       f"is '{key}', which OpenSSL cannot load with {cert_name} '{cert}' "
-                      f"({exc.reason or exc})",
+                      f"({_reason(exc)})",
                       f"point {key_name} at an unencrypted PEM private key {_WHERE}")]
     except OSError:
         return []  # unreadable: already reported
