@@ -146,7 +146,7 @@ def parse_target(text: str) -> Target:
             address = parse_host_port(part, port_zero=False)
             version = ipaddress.ip_address(address.host).version if _is_ip(address.host) else 0
             if version != int(scheme[-1]):
-                raise AddressError(f"'{part}' is not an {scheme.upper()} address and port")
+                raise AddressError(f"'{part}' is not an IPv{scheme[-1]} address and port")
             addresses.append(address)
         return Target(scheme, tuple(addresses))
     path = rest.removeprefix("//") if scheme == "unix" else rest

@@ -168,13 +168,15 @@ def _without_merge_markers(value: Any) -> Any:
 
 
 def _key_paths(table: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Every key path of a TOML table, upper-case, tables and their leaves alike."""
+    """The key path of every value in a TOML table, upper-case: its leaves (and empty
+    tables), not the tables that hold them, which the settings file may share."""
     paths = []
     for key, value in table.items():
         path = (*prefix, str(key).upper())
-        paths.append(path)
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             paths += _key_paths(value, path)
+        elif str(key).lower() not in _MERGE_MARKERS:
+            paths.append(path)
     return paths
 
 
