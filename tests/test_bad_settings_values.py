@@ -114,6 +114,9 @@ MISTAKES = [
       "is ' 127.0.0.1:50051'", "has spaces around it", BIND),
     m("target-unix-no-path", "addresses6", "CLIENT_TARGET", "E001",
       "is 'unix:'", "'unix:' names no socket", TARGET),
+    m("server-name-with-port", "addresses6", "CLIENT_TLS_SERVER_NAME", "E001",
+      "is 'cache.internal:443'", "has a port, but a certificate names a host only",
+      "expected the host name the server's certificate carries"),
     # Tables that hold secrets: named by entry and kind, their values never quoted.
     m("bearer-options-not-a-table", "tables1", "CLIENT_OPTIONS", "E001",
       "entry 'BearerToken' is a string; expected a table"),
@@ -241,6 +244,7 @@ seconds = -inf
 """,
         "addresses6": """
 CLIENT_TARGET = "unix:"
+CLIENT_TLS_SERVER_NAME = "cache.internal:443"
 """,
         "tables1": TOKEN_CHAINS + f"""
 [tables1.CLIENT_OPTIONS]

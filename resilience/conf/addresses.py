@@ -170,3 +170,18 @@ def target_problem(value: str) -> str | None:
     except AddressError as exc:
         return f"{exc}; expected one of {TARGET_FORMS}, such as '127.0.0.1:50051'"
     return None
+
+
+def server_name_problem(value: str) -> str | None:
+    """Why ``value`` cannot be the name a server's certificate must carry
+    (CLIENT_TLS_SERVER_NAME), or ``None``; empty means the target's own host."""
+    if not value:
+        return None
+    try:
+        if ":" in value and not _is_ip(value):
+            raise AddressError("has a port, but a certificate names a host only")
+        _host(value)
+    except AddressError as exc:
+        return f"{exc}; expected the host name the server's certificate carries, such as " \
+               f"'cache.internal'"
+    return None

@@ -9,7 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from resilience.conf.addresses import bind_address_problem, http_address_problem, target_problem
+from resilience.conf.addresses import (
+    bind_address_problem,
+    http_address_problem,
+    server_name_problem,
+    target_problem,
+)
 from resilience.core.middleware import option
 
 DEFAULT_CLIENT_MIDDLEWARE = (
@@ -97,7 +102,8 @@ class GlobalSettings:
     CLIENT_TLS_CERT_FILE: str = option("", "Client certificate chain (PEM) for mutual TLS.")
     CLIENT_TLS_KEY_FILE: str = option("", "Client private key (PEM) for mutual TLS.")
     CLIENT_TLS_SERVER_NAME: str = option(
-        "", "Name the server's certificate must carry, when the target does not (an IP)."
+        "", "Name the server's certificate must carry, when the target does not (an IP).",
+        check=server_name_problem,
     )
     ALLOW_PLAINTEXT: bool = option(
         True, "Allow serving and connecting without TLS; false refuses plaintext."
