@@ -147,6 +147,15 @@ def test_runclient_store_get_dump(server: RunningServer) -> None:
     assert "k\tv" in dumped.stdout.splitlines()
 
 
+def test_runclient_takes_common_options_after_the_subcommand(server: RunningServer) -> None:
+    stored = processes.manage("runclient", "store", "after", "v2", "--target", server.address,
+                              "--env", "testing")
+    assert (stored.returncode, stored.stdout) == (0, "stored after\n"), stored.stderr
+    got = processes.manage("runclient", "get", "after", "--target", server.address,
+                           "--asyncio", RESILIENCE_ENV="testing")
+    assert (got.returncode, got.stdout) == (0, "v2\n"), got.stderr
+
+
 def test_runclient_get_missing(server: RunningServer) -> None:
     result = runclient(server.address, "get", "missing")
     assert result.returncode not in (0, None)

@@ -245,7 +245,9 @@ def test_serve_and_call_through_retry_and_breaker(library: Path, project: Path,
         echoed = run(library, project, *call, "echo", "hello")
         assert (echoed.returncode, echoed.stdout) == (0, "hello\n"), echoed.stderr
         assert echoed.stderr.count("retrying") == 1, echoed.stderr
-        repeated = run(library, project, *call, "repeat", "hi", "--times", "3")
+        # The common options work after the subcommand too.
+        repeated = run(library, project, "manage.py", "call_orders", "repeat", "hi",
+                       "--times", "3", "--target", address, *flags)
         assert (repeated.returncode, repeated.stdout) == (0, "hi\nhi\nhi\n"), repeated.stderr
     # Nothing listens there: two failed attempts open Echo's breaker, whose fast failure
     # Retry does not retry.

@@ -33,6 +33,21 @@ def add_asyncio_option(parser: argparse.ArgumentParser, default: Any = False) ->
                         help="use grpc.aio for this run (as ASYNCIO = true does)")
 
 
+def add_target_option(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """``--target HOST:PORT`` of a client command. Subcommands add it with the default
+    SUPPRESS, as ``global_options``, so ``runclient get k --target X`` works too."""
+    parser.add_argument("--target", default=default, help="HOST:PORT (default: CLIENT_TARGET)")
+
+
+def subcommand_options() -> argparse.ArgumentParser:
+    """The options every subcommand of a client command takes after its name as well as
+    before it: ``--settings``, ``--env``, ``--target`` and ``--asyncio``; a parent parser."""
+    parser = global_options()
+    add_target_option(parser, argparse.SUPPRESS)
+    add_asyncio_option(parser, argparse.SUPPRESS)
+    return parser
+
+
 class CommandError(Exception):
     """Stops a command with a message and no traceback; ``returncode`` is the exit status."""
 

@@ -22,7 +22,8 @@ from resilience.management.base import (
     BaseCommand,
     CommandError,
     add_asyncio_option,
-    global_options,
+    add_target_option,
+    subcommand_options,
 )
 from resilience.metrics.exposition import MetricsEndpoint, serve_metrics
 from resilience.middleware import CircuitBreaker, Retry
@@ -43,16 +44,17 @@ class Command(BaseCommand):
     requires_checks = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--target", help="HOST:PORT (default: CLIENT_TARGET)")
+        add_target_option(parser)
         add_asyncio_option(parser)
         sub = parser.add_subparsers(dest="action", required=True)
-        common = [global_options()]
+        # The common options work after the subcommand too: runclient get k --target X.
+        common = [subcommand_options()]
         get = sub.add_parser("get", help="print the value of KEY", parents=common)
         get.add_argument("key")
         store = sub.add_parser("store", help="store VALUE under KEY", parents=common)
         store.add_argument("key")
         store.add_argument("value")
-        dump = sub.add_parser("dump", help="print every key and value", parents=common)
+        sub.add_parser("dump", help="print every key and value", parents=common)
         load = sub.add_parser("load", help="drive load and print a summary", parents=common)
         load.add_argument("--method", choices=["get", "store"], default="get")
         load.add_argument("--rate", type=float, default=200.0, help="calls per second")
@@ -62,8 +64,6 @@ class Command(BaseCommand):
         load.add_argument("--keys", type=int, default=100, help="distinct keys to use")
         load.add_argument("--metrics-hold", type=float, default=0.0, metavar="SECONDS",
                           help="keep /metrics up this long after the summary, for a last scrape")
-        for subcommand in (get, store, dump, load):
-            add_asyncio_option(subcommand, argparse.SUPPRESS)
 
     def handle(self, **options: Any) -> int:
         if errors := [m for m in security_checks(self.settings, ("client",)) if m.is_error]:
