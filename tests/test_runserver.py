@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -184,6 +185,34 @@ def test_runclient_load_summary(server: RunningServer) -> None:
     for p in (50, 90, 99):
         assert rows[f"p{p} latency"].endswith(" ms"), out
     assert rows["breaker cache.CacheService/Get"] == "closed", out
+
+
+@pytest.mark.parametrize("how", ["argument", "setting"])
+def test_runserver_refuses_an_address_in_use(how: str) -> None:
+    """grpcio's servers set SO_REUSEPORT, so a second one on a taken port would bind and
+    never be called; runserver refuses the port with a message naming it and its source."""
+    occupant = grpc.server(ThreadPoolExecutor(max_workers=1))  # grpcio's default options
+    port = occupant.add_insecure_port("127.0.0.1:0")
+    occupant.start()
+    try:
+        address = f"127.0.0.1:{port}"
+        if how == "argument":
+            args, env, source = [address], {}, "runserver's HOST:PORT"
+        else:  # and on the asyncio server
+            args, env, source = ["--asyncio"], {"RESILIENCE_SERVER_ADDRESS": address}, \
+                "SERVER_ADDRESS"
+        result = processes.manage("runserver", *args, timeout=30, RESILIENCE_ENV="testing",
+                                  RESILIENCE_LOG_LEVEL="INFO", **env)
+    finally:
+        occupant.stop(0)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (f"cannot start the server: cannot listen on {address} ({source}): the address "
+            f"is already in use") in result.stderr
+    assert "serving cache.CacheService" not in result.stdout
+    assert "Traceback" not in result.stderr
+    # Its log went to a pipe: plain text, no colour codes.
+    assert "metrics_serving" in result.stderr
+    assert "\x1b[" not in result.stderr
 
 
 def watch_health(address: str, statuses: queue.Queue[object], ready: threading.Event) -> None:
