@@ -6,6 +6,7 @@ import contextlib
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -213,6 +214,51 @@ def test_runserver_refuses_an_address_in_use(how: str) -> None:
     # Its log went to a pipe: plain text, no colour codes.
     assert "metrics_serving" in result.stderr
     assert "\x1b[" not in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_loads_at_once_each_serve_their_metrics(server: RunningServer) -> None:
+    """runclient load's /metrics picks a free port unless METRICS_CLIENT_ADDRESS says one
+    (the first load runs in development, the environment a person runs two loads in)."""
+    explicit = f"127.0.0.1:{free_port()}"
+    load = ["runclient", "--target", server.address, "load", "--rate", "40",
+            "--duration", "1", "--concurrency", "2", "--keys", "5"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = [
+            pool.submit(processes.manage, *load, timeout=40, RESILIENCE_ENV="development"),
+            pool.submit(processes.manage, *load, timeout=40, RESILIENCE_ENV="testing",
+                        RESILIENCE_METRICS_CLIENT_ADDRESS=explicit),
+        ]
+        results = [run.result() for run in runs]
+    urls = []
+    for result in results:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        (url,) = [m.group(1) for line in result.stdout.splitlines()
+                  if (m := METRICS_LINE.match(line))]
+        urls.append(url)
+    assert urls[1] == f"http://{explicit}/metrics"
+    assert urls[0] != urls[1] and urls[0].startswith("http://127.0.0.1:")
+
+
+def test_load_refuses_a_metrics_address_in_use(server: RunningServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = processes.manage(
+            "runclient", "--target", server.address, "load", "--duration", "1", timeout=30,
+            RESILIENCE_ENV="testing", RESILIENCE_METRICS_CLIENT_ADDRESS=address,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (f"cannot serve metrics on {address} (METRICS_CLIENT_ADDRESS): Address already "
+            f"in use") in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def watch_health(address: str, statuses: queue.Queue[object], ready: threading.Event) -> None:
