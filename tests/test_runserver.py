@@ -186,6 +186,8 @@ def test_runclient_load_summary(server: RunningServer) -> None:
     for p in (50, 90, 99):
         assert rows[f"p{p} latency"].endswith(" ms"), out
     assert rows["breaker cache.CacheService/Get"] == "closed", out
+    # The stub built Dump's chain too, but a Get load says nothing of Dump's breaker.
+    assert [m for m in rows if m.startswith("breaker ")] == ["breaker cache.CacheService/Get"]
 
 
 @pytest.mark.parametrize("how", ["argument", "setting"])
