@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from resilience.apps.registry import Apps
 from resilience.checks import CheckMessage
 from resilience.conf.settings import Settings, load_settings
-from resilience.conf.validation import run_checks
+from resilience.conf.validation import run_checks, security_checks
 from resilience.core.errors import ImproperlyConfigured
 from resilience.log import configure_logging
 
@@ -93,6 +93,15 @@ class BaseCommand:
     def report(self, messages: list[CheckMessage]) -> None:
         for message in messages:
             self.stderr.write(message.format(self.settings.env) + "\n")
+
+    def refuse_insecure(self, *sides: str) -> None:
+        """Refuse to serve or call in plaintext where ALLOW_PLAINTEXT is false, or with TLS
+        settings that cannot work (E030-E032), with the messages ``check`` prints; a command
+        that serves or connects calls this before it does (``connect()`` would raise)."""
+        if errors := [m for m in security_checks(self.settings, sides) if m.is_error]:
+            self.report(errors)
+            raise CommandError(f"refusing to start: {len(errors)} configuration error(s); "
+                               f"run 'manage.py check' for the full list")
 
     def execute(self, **options: Any) -> int:
         """Load settings, run checks if required, then ``handle``; return the exit status."""

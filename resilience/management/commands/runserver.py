@@ -8,7 +8,6 @@ import signal
 import threading
 from typing import Any, TypeVar
 
-from resilience.conf.validation import security_checks
 from resilience.core.errors import ImproperlyConfigured
 from resilience.management.base import BaseCommand, CommandError, add_asyncio_option
 from resilience.metrics.exposition import MetricsEndpoint, serve_metrics
@@ -28,10 +27,7 @@ class Command(BaseCommand):
         add_asyncio_option(parser)
 
     def handle(self, **options: Any) -> int:
-        if errors := [m for m in security_checks(self.settings, ("server",)) if m.is_error]:
-            self.report(errors)  # plaintext refused, or TLS settings that cannot work
-            raise CommandError(f"refusing to start: {len(errors)} configuration error(s); "
-                               f"run 'manage.py check' for the full list")
+        self.refuse_insecure("server")  # plaintext refused, or TLS settings that cannot work
         address = options["address"] or self.settings.SERVER_ADDRESS
         source = "runserver's HOST:PORT" if options["address"] else "SERVER_ADDRESS"
         metrics = self._serve_metrics()

@@ -15,7 +15,6 @@ from rich.live import Live
 from rich.table import Table
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
-from resilience.conf.validation import security_checks
 from resilience.core.errors import ImproperlyConfigured, status_of
 from resilience.loadgen import LoadResult, run_load, run_load_async
 from resilience.management.base import (
@@ -66,10 +65,7 @@ class Command(BaseCommand):
                           help="keep /metrics up this long after the summary, for a last scrape")
 
     def handle(self, **options: Any) -> int:
-        if errors := [m for m in security_checks(self.settings, ("client",)) if m.is_error]:
-            self.report(errors)  # plaintext refused, or TLS settings that cannot work
-            raise CommandError(f"refusing to start: {len(errors)} configuration error(s); "
-                               f"run 'manage.py check' for the full list")
+        self.refuse_insecure("client")  # plaintext refused, or TLS settings that cannot work
         target = options["target"] or self.settings.CLIENT_TARGET
         metrics = self._serve_metrics() if options["action"] == "load" else None
         try:
