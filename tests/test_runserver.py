@@ -192,8 +192,8 @@ def test_runclient_load_summary(server: RunningServer) -> None:
 
 @pytest.mark.parametrize("how", ["argument", "setting"])
 def test_runserver_refuses_an_address_in_use(how: str) -> None:
-    """grpcio's servers set SO_REUSEPORT, so a second one on a taken port would bind and
-    never be called; runserver refuses the port with a message naming it and its source."""
+    """grpcio's servers set SO_REUSEPORT, so a second one on a taken port would bind
+    silently and share it; runserver refuses the port, naming it and where it came from."""
     occupant = grpc.server(ThreadPoolExecutor(max_workers=1))  # grpcio's default options
     port = occupant.add_insecure_port("127.0.0.1:0")
     occupant.start()

@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 
 
 # grpcio sets SO_REUSEPORT on a server's sockets by default, so a second server on a
-# taken port binds and "serves" silently while the first one answers every call. Our
+# taken port binds silently and the kernel spreads new connections between the two. Our
 # servers turn it off: a taken address is refused when the server is built.
 SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
 
