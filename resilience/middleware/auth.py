@@ -196,8 +196,9 @@ class BearerToken(Middleware):
 
     @dataclasses.dataclass(frozen=True)
     class Options(MiddlewareOptions):
-        token: str = option("", "The bearer token (keep it in settings/.secrets.toml).",
-                            secret=True)
+        token: str = option(
+            "", "The bearer token (keep it in settings/.secrets.toml).", secret=True
+        )
 
         def validate(self) -> list[str]:
             problem = _token_problem("option 'token'", self.token)
