@@ -43,9 +43,13 @@ class ChainInfo:
     metrics: Recorder | NullRecorder = NULL_RECORDER
 
 
-def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None) -> Any:
-    """Declare one middleware option: its default, a one-line doc and simple bounds."""
+def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
+           secret: bool = False) -> Any:
+    """Declare one middleware option: its default, a one-line doc and simple bounds.
+    ``secret`` marks a value (a token) that the tools never print."""
     metadata = {"doc": doc, "ge": ge, "gt": gt}
+    if secret:
+        metadata["secret"] = True
     if isinstance(default, list | dict | set):
         raise TypeError("mutable option defaults are shared between chains; use a tuple")
     return dataclasses.field(default=default, metadata=metadata)
