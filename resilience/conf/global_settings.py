@@ -118,8 +118,9 @@ class GlobalSettings:
         check=http_address_problem,
     )
     METRICS_CLIENT_ADDRESS: str = option(
-        "127.0.0.1:9465",
-        "Where runclient load serves /metrics while it runs (HOST:PORT; port 0 picks one).",
+        "127.0.0.1:0",
+        "Where runclient load serves /metrics while it runs (HOST:PORT); the default port 0 "
+        "picks a free one, so that loads can run side by side.",
         check=http_address_problem,
     )
     HEALTH_SATURATION_SECONDS: float = option(

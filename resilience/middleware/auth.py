@@ -114,7 +114,7 @@ class TokenAuth(Middleware):
         opts = self.options
         service = info.method.partition("/")[0]
         if info.method in opts.exempt or service in opts.exempt:
-            raise MiddlewareNotUsed
+            raise MiddlewareNotUsed(f"option 'exempt' lists {info.method} or its service")
         self._tokens = tuple(
             (identity, token.encode("ascii")) for identity, token in (opts.tokens or {}).items()
         )
