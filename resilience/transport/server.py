@@ -14,6 +14,7 @@ unseen by the stack, grpc.aio with UNKNOWN and the text of the parser's exceptio
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -71,7 +72,8 @@ class UndecodableRequest:
 
     def __init__(self, data: bytes, error: Exception) -> None:
         self.data = data
-        self.error = error
+        # Without its traceback, which holds the entry's frame, which holds this.
+        self.error = error.with_traceback(None)
 
     def refuse(self, call: Call) -> UndecodableRequestError:
         """The terminal's answer, logged with what the parser said."""
@@ -277,12 +279,13 @@ def make_call(method: str, kind: CallKind, request: Any, context: Any) -> Call:
     )
 
 
-def _entry(chain: Handler, method: str, kind: CallKind, parse: Callable[[bytes], Any]
-           ) -> Callable[[Any, Any], Any]:
+def _entry(chain: Handler, method: str, kind: CallKind,
+           deserializer: Callable[[bytes], Any] | None) -> Callable[[Any, Any], Any]:
     """The function grpc calls per RPC: parse the request (grpc hands over its bytes), build
     the Call, run the stack, report its status."""
     if kind.request_streaming:
-        return _stream_request_entry(chain, method, kind, parse)
+        return _stream_request_entry(chain, method, kind, deserializer)
+    parse = request_parser(deserializer)
     if kind.response_streaming:
 
         def serve_stream(data: bytes, context: Any) -> Iterator[Any]:
@@ -326,16 +329,20 @@ def _entry(chain: Handler, method: str, kind: CallKind, parse: Callable[[bytes],
 
 
 def _stream_request_entry(chain: Handler, method: str, kind: CallKind,
-                          parse: Callable[[bytes], Any]) -> Callable[[Any, Any], Any]:
+                          parse: Callable[[bytes], Any] | None) -> Callable[[Any, Any], Any]:
     """``_entry`` for a request stream, whose messages are parsed as the servicer reads
-    them (``parsed_stream``)."""
+    them (``parsed_stream``), unless the method takes raw bytes (``parse`` is None)."""
+    # C callables either way, so no frame per call: grpc's request iterator is its own iter.
+    requests_of: Callable[[Iterable[bytes]], Iterable[Any]] = (
+        iter if parse is None else functools.partial(parsed_stream, parse=parse)
+    )
+
     if kind.response_streaming:
 
         def serve_stream(requests: Iterable[bytes], context: Any) -> Iterator[Any]:
             status = None
             try:
-                responses = iter(chain(make_call(
-                    method, kind, parsed_stream(requests, parse), context)))
+                responses = iter(chain(make_call(method, kind, requests_of(requests), context)))
                 for response in responses:  # noqa: UP028 (see _entry)
                     yield response
             except GeneratorExit:
@@ -352,7 +359,7 @@ def _stream_request_entry(chain: Handler, method: str, kind: CallKind,
 
     def serve(requests: Iterable[bytes], context: Any) -> Any:
         try:
-            return chain(make_call(method, kind, parsed_stream(requests, parse), context))
+            return chain(make_call(method, kind, requests_of(requests), context))
         except ServicerStatus as exc:
             status = exc
         except RpcStatusError as exc:
@@ -437,7 +444,7 @@ class ChainInterceptor(StackInterceptor, grpc.ServerInterceptor):
 
     def _entry(self, chain: Handler, method: str, kind: CallKind,
                deserializer: Callable[[bytes], Any] | None) -> Callable[[Any, Any], Any]:
-        return _entry(chain, method, kind, request_parser(deserializer))
+        return _entry(chain, method, kind, deserializer)
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
