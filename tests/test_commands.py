@@ -87,7 +87,8 @@ def test_unknown_command() -> None:
     assert "unknown command 'nosuchcommand'" in result.stderr
     available = result.stderr.split("available: ", 1)[1].strip().split(", ")
     assert set(COMMANDS) <= set(available), result.stderr
-    with pytest.raises(CommandError, match=r"available: .*check, gendocs, genproto, runclient") as info:
+    with pytest.raises(CommandError,
+                       match=r"available: .*check, gendocs, genproto, runclient") as info:
         call_command("nosuchcommand", stdout=io.StringIO(), stderr=io.StringIO())
     assert info.value.returncode == 2
 
