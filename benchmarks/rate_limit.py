@@ -43,6 +43,7 @@ from benchmarks._common import (
     cli,
     finish,
     header,
+    mark,
     print_footer,
     server_process,
 )
@@ -299,8 +300,8 @@ def report(results: dict[str, Any], stdout: TextIO | None = None) -> None:
                      "-" if overhead is None else f"{overhead:.0f}")
     console.print(cost)
     for name, target in results["targets"].items():
-        mark = "[green]pass[/]" if target["passed"] else "[red]FAIL[/]"
-        console.print(f"{mark} {name}: {target['value']:.3f} (target {target['target']})")
+        console.print(f"{mark(target['passed'], results['quick'])} {name}: "
+                      f"{target['value']:.3f} (target {target['target']})")
     problems = [r for r in results["accuracy"]
                 if r["other_errors"] or r["rejected_without_pushback"]]
     if problems:

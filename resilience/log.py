@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
 
+def colours_wanted(stream: TextIO) -> bool:
+    """Colour codes only for a person at a terminal: a log written to a file or a pipe
+    stays plain text, and NO_COLOR (no-color.org) turns them off everywhere."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def configure_logging(level: str = "INFO", fmt: Literal["console", "json"] = "console") -> None:
-    """Send structlog output at ``level`` and above to stderr, rendered as ``fmt``.
+    """Send structlog output at ``level`` and above to stderr, rendered as ``fmt``
+    (``console`` in colour only when stderr is a terminal).
 
     Loggers are not cached, so calling this again (as tests do) takes effect everywhere.
     """
     renderers: list[structlog.typing.Processor]
+    stream = sys.stderr
     if fmt == "console":
-        renderers = [structlog.dev.ConsoleRenderer()]
+        renderers = [structlog.dev.ConsoleRenderer(colors=colours_wanted(stream))]
     elif fmt == "json":
         renderers = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
@@ -34,6 +46,6 @@ def configure_logging(level: str = "INFO", fmt: Literal["console", "json"] = "co
             *renderers,
         ],
         wrapper_class=wrapper_class,
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )

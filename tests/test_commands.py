@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from apps.cache.protos import cache_pb2_grpc
+from resilience.conf.settings import Settings, load_settings
 from resilience.management import CommandError, call_command
+from resilience.transport.aio_client import aio_connect
+from resilience.transport.client import connect
 from tests.support.processes import ROOT, manage
 
 # The commands this project must have; apps and the framework may add more.
@@ -80,7 +87,8 @@ def test_unknown_command() -> None:
     assert "unknown command 'nosuchcommand'" in result.stderr
     available = result.stderr.split("available: ", 1)[1].strip().split(", ")
     assert set(COMMANDS) <= set(available), result.stderr
-    with pytest.raises(CommandError, match=r"available: .*check, genproto, runclient") as info:
+    with pytest.raises(CommandError,
+                       match=r"available: .*check, gendocs, genproto, runclient") as info:
         call_command("nosuchcommand", stdout=io.StringIO(), stderr=io.StringIO())
     assert info.value.returncode == 2
 
@@ -151,3 +159,105 @@ def test_showchain_bad_side_is_a_usage_error() -> None:
     assert result.returncode == 2
     assert "invalid choice: 'middle'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def chain_lines(output: str, side: str, method: str) -> dict[str, str]:
+    """{middleware name: the rest of its line} of one chain in showchain's output."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{side} {method} "))
+    found = {}
+    for line in lines[start + 1:]:
+        if not line.startswith("  "):
+            break
+        _, name, rest = line.split(maxsplit=2)
+        found[name] = rest
+    return found
+
+
+def settings_file(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "settings.toml"
+    path.write_text(f'[default]\nINSTALLED_APPS = ["apps.cache"]\n{body}\n[development]\n',
+                    encoding="utf-8")
+    return str(path)
+
+
+def test_showchain_shows_metrics_while_metrics_are_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    for side, method in [("client", GET), ("server", STORE)]:
+        line = chain_lines(showchain(), side, method)["Metrics"]
+        assert line == "(resilience.middleware.Metrics) histogram=True", line
+    monkeypatch.setenv("RESILIENCE_METRICS_ENABLED", "false")
+    line = chain_lines(showchain(), "client", GET)["Metrics"]
+    assert line.endswith("(left out of this chain: METRICS_ENABLED is false)"), line
+
+
+def test_showchain_says_why_a_middleware_left_a_chain(tmp_path: Path) -> None:
+    settings = settings_file(tmp_path, f"""
+CLIENT_MIDDLEWARE = ["resilience.middleware.Retry", "resilience.middleware.FaultInjection"]
+[default.CLIENT_OPTIONS.FaultInjection]
+abort_fraction = 0.5
+methods = ["{GET}"]
+""")
+    output = showchain("--settings", settings, "--side", "client")
+    store = chain_lines(output, "client", STORE)
+    assert store["Retry"].endswith(
+        f"(left out of this chain: {STORE} is not marked idempotent)"), store
+    assert store["FaultInjection"].endswith(
+        f"(left out of this chain: option 'methods' does not list {STORE})"), store
+    get = chain_lines(output, "client", GET)
+    assert get["Retry"].startswith("(resilience.middleware.Retry) max_attempts=3"), get
+    assert "abort_fraction=0.5" in get["FaultInjection"], get
+
+
+def test_showchain_masks_declared_secrets_only(tmp_path: Path) -> None:
+    secret = "never-print-me-0123456789"
+    settings = settings_file(tmp_path, f"""
+SERVER_MIDDLEWARE = ["resilience.middleware.TokenAuth"]
+CLIENT_MIDDLEWARE = ["resilience.middleware.BearerToken", "resilience.middleware.Retry"]
+[default.SERVER_OPTIONS.TokenAuth]
+tokens = {{ reports = "{secret}" }}
+[default.CLIENT_OPTIONS.BearerToken]
+token = "{secret}"
+""")
+    output = showchain("--settings", settings)
+    assert secret not in output
+    client = chain_lines(output, "client", GET)
+    assert client["BearerToken"] == "(resilience.middleware.BearerToken) token='********'"
+    # Options whose names merely contain "token" are figures, not secrets.
+    assert "budget_max_tokens=10, budget_token_ratio=0.1" in client["Retry"], client
+    server = chain_lines(output, "server", GET)
+    assert "tokens={'reports': '********'}" in server["TokenAuth"], server
+
+
+def built_chains(settings: Settings) -> dict[str, list[str]]:
+    """{method: the classes in its chain} as a real channel builds them for a stub."""
+
+    def names(channel: Any) -> dict[str, list[str]]:
+        cache_pb2_grpc.CacheServiceStub(channel)
+        return {method: [type(m).__name__ for m in chain]
+                for method, chain in channel.middleware.items()}
+
+    if not settings.ASYNCIO:
+        with connect("127.0.0.1:1", settings) as channel:
+            return names(channel)
+
+    async def built() -> dict[str, list[str]]:
+        async with aio_connect("127.0.0.1:1", settings) as channel:
+            return names(channel)
+
+    return asyncio.run(built())
+
+
+@pytest.mark.parametrize("env", [{}, {"RESILIENCE_METRICS_ENABLED": "false"},
+                                 {"RESILIENCE_ASYNCIO": "true"}], ids=str)
+def test_showchain_shows_the_chains_a_channel_builds(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    output = showchain("--side", "client")
+    built = built_chains(load_settings())
+    assert set(built) == {GET, STORE, DUMP}
+    for method, chain in built.items():
+        shown = chain_lines(output, "client", method)
+        taking_part = [name for name, rest in shown.items() if "(left out of" not in rest]
+        assert taking_part == chain, (method, output)

@@ -263,7 +263,8 @@ def test_one_attempt_leaves_hedging_out() -> None:
     ({"max_attempts": 6}, "max_attempts 6 is above 5 (gRFC A6's limit); use a value from 1 to 5"),
     ({"max_attempts": 0}, "max_attempts"),
     ({"delay": -0.1}, "delay"),
-    ({"budget_max_tokens": 2000.0}, "budget_max_tokens 2000.0 is above 1000"),
+    ({"budget_max_tokens": 2000}, "budget_max_tokens 2000 is above 1000"),
+    ({"budget_max_tokens": 20.5}, "expected a whole number"),
     ({"budget_token_ratio": 0}, "budget_token_ratio"),
     ({"non_fatal_codes": ["NOPE"]}, "non_fatal_codes"),
 ])

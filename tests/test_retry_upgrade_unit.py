@@ -116,7 +116,7 @@ def test_each_attempt_is_recorded() -> None:
     assert retry(call()) == "ok"
     assert retry.budget is not None
     # Two failed attempts take 2, the successful third gives back 0.5.
-    assert retry.budget.tokens == pytest.approx(8.5)
+    assert retry.budget.milli_tokens == 8500
 
 
 def test_non_retryable_errors_count_as_neither() -> None:
@@ -247,12 +247,101 @@ def test_pushback_replaces_the_backoff_exactly() -> None:
                         initial_backoff=0.05)
     with capture_logs() as logs:
         assert retry(call()) == "ok"
-    # The pushed-back wait is exact (no jitter); the next one is the ordinary backoff.
-    assert clock.sleeps == [0.3, pytest.approx(0.1)]
+    # The pushed-back wait is exact (no jitter); the next one restarts the backoff
+    # sequence at initial_backoff (A6), rather than taking the second term (0.1).
+    assert clock.sleeps == [0.3, 0.05]
     assert handler.attempts == [1, 2, 3]
     assert logs[0] == {"event": "retrying", "log_level": "warning", "method": METHOD,
                        "attempt": 1, "code": "RESOURCE_EXHAUSTED", "backoff_ms": 300.0,
                        "pushback": True}
+
+
+def backoff_after_pushback_script(factory: type[Script]) -> Script:
+    """Two ordinary failures, a pushed-back one, then two ordinary ones again."""
+    plain = RpcStatusError(EXHAUSTED, "busy")
+    return factory(plain, plain, pushback("500"), plain, plain)
+
+
+# initial 0.01, doubling: 0.01, 0.02, then the pushback's 0.5, then 0.01, 0.02 again. Without
+# the reset the last two were the sequence's 4th and 5th terms, 0.08 and 0.16.
+AFTER_PUSHBACK = [0.01, 0.02, 0.5, 0.01, 0.02]
+
+
+def test_the_backoff_sequence_restarts_after_a_pushback_wait() -> None:
+    """A6: "For subsequent retries, the delay period will be reset to the initialBackoff
+    setting"; grpc-core resets its BackOff when it honours a pushback."""
+    handler = backoff_after_pushback_script(Script)
+    retry, clock = make(handler, retryable_codes=EXHAUSTED_RETRYABLE, jitter="none",
+                        initial_backoff=0.01, multiplier=2.0, max_attempts=6, budget=False)
+    assert retry(call()) == "ok"
+    assert clock.sleeps == pytest.approx(AFTER_PUSHBACK)
+    assert handler.attempts == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_backoff_sequence_restarts_after_a_pushback_on_the_async_path() -> None:
+    script = backoff_after_pushback_script(AsyncScript)
+    retry, clock = make(script.run, is_async=True, retryable_codes=EXHAUSTED_RETRYABLE,
+                        jitter="none", initial_backoff=0.01, max_attempts=6, budget=False)
+    assert asyncio.run(retry.acall(call())) == "ok"
+    assert clock.sleeps == pytest.approx(AFTER_PUSHBACK)
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_the_backoff_sequence_restarts_after_a_pushback_in_a_stream(is_async: bool) -> None:
+    """Response streams retry before their first message through the same decision."""
+    errors = [RpcStatusError(EXHAUSTED, "busy"), pushback("500"), RpcStatusError(EXHAUSTED)]
+    attempts: list[int] = []
+
+    def start(c: Call) -> Any:
+        attempts.append(c.attempt)
+        error = errors.pop(0) if errors else None
+
+        def responses() -> Any:
+            if error is not None:
+                raise error
+            yield "item"
+
+        async def aresponses() -> Any:
+            if error is not None:
+                raise error
+            yield "item"
+
+        return aresponses() if is_async else responses()
+
+    retry, clock = make(start, is_async=is_async, kind=CallKind.UNARY_STREAM,
+                        retryable_codes=EXHAUSTED_RETRYABLE, jitter="none",
+                        initial_backoff=0.01, max_attempts=5, budget=False)
+    stream_call = Call(METHOD, CallKind.UNARY_STREAM, "client", b"key")
+    if is_async:
+        async def read() -> list[Any]:
+            return [item async for item in retry.acall(stream_call)]
+
+        assert asyncio.run(read()) == ["item"]
+    else:
+        assert list(retry(stream_call)) == ["item"]
+    assert attempts == [1, 2, 3, 4]
+    assert clock.sleeps == pytest.approx([0.01, 0.5, 0.01])
+
+
+def test_the_a6_sequence_refuses_the_retry_floats_allowed() -> None:
+    """Through Retry: 5 failed calls, 5 successes at 0.2, then a failure: 5 of 10 tokens
+    left, not above half, so no retry (as floats, 5.000000000000001 allowed one)."""
+    shared: dict[str, Any] = {}
+    retry, _ = make(Script(), shared=shared, max_attempts=2, budget_token_ratio=0.2,
+                    retryable_codes=frozenset({grpc.StatusCode.INTERNAL}))
+    budget = shared[SHARED_KEY]
+    for _ in range(5):
+        budget.record_failure()
+    retry.handler = Script()
+    for _ in range(5):
+        assert retry(call()) == "ok"
+    assert budget.milli_tokens == 6000
+    handler = Script(RpcStatusError(grpc.StatusCode.INTERNAL), RpcStatusError(UNAVAILABLE))
+    retry.handler = handler
+    with pytest.raises(RpcStatusError):
+        retry(call())
+    assert handler.attempts == [1]
+    assert budget.milli_tokens == 5000 and retry.throttled == 1
 
 
 def test_pushback_on_the_async_path() -> None:
@@ -369,19 +458,25 @@ def test_build_chain_leaves_retry_out_of_a_non_idempotent_chain() -> None:
 def test_budget_option_defaults_follow_a6() -> None:
     options = Retry.Options()
     assert (options.budget, options.budget_max_tokens, options.budget_token_ratio) == (
-        True, 10.0, 0.1)
+        True, 10, 0.1)
     assert options.non_idempotent is False
 
 
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"budget_max_tokens": 0}, "option 'budget_max_tokens' is 0.0; expected a value > 0"),
+        ({"budget_max_tokens": 0}, "option 'budget_max_tokens' is 0; expected a value > 0"),
         ({"budget_max_tokens": 5000},
-         "budget_max_tokens 5000.0 is above 1000 (gRFC A6's limit); use a value in (0, 1000]"),
+         "budget_max_tokens 5000 is above 1000, gRFC A6's limit for maxTokens; use a whole "
+         "number from 1 to 1000"),
+        ({"budget_max_tokens": 10.5},
+         "option 'budget_max_tokens' is 10.5; expected a whole number"),
         ({"budget_token_ratio": 0}, "option 'budget_token_ratio' is 0.0; expected a value > 0"),
-        ({"budget_token_ratio": 1.5},
-         "budget_token_ratio 1.5 is above 1 (gRFC A6's limit); use a value in (0, 1]"),
+        ({"budget_token_ratio": 0.0004},
+         "budget_token_ratio 0.0004 is 0 read to three decimals, as gRFC A6 reads "
+         "tokenRatio; use 0.001 or more"),
+        ({"budget_token_ratio": float("inf")},
+         "option 'budget_token_ratio' is inf; expected a finite number (not nan or inf)"),
         ({"budget": "yes"}, "option 'budget' is 'yes'; expected true or false"),
         ({"non_idempotent": 1}, "option 'non_idempotent' is 1; expected true or false"),
     ],
@@ -398,12 +493,22 @@ def test_options_at_the_limits_are_accepted() -> None:
                         "non_idempotent": True})
     assert problems == []
     assert options is not None
-    assert (options.budget_max_tokens, options.budget_token_ratio) == (1000.0, 1.0)
+    assert (options.budget_max_tokens, options.budget_token_ratio) == (1000, 1.0)
     assert options.budget is False and options.non_idempotent is True
+
+
+@pytest.mark.parametrize("ratio", [1.5, 25.0, 0.001, 0.5466])
+def test_any_ratio_above_zero_is_accepted(ratio: float) -> None:
+    """A6 asks only that tokenRatio be above 0 (grpc-core has no upper bound either); digits
+    past the third are ignored, not refused."""
+    options, problems = build_options(Retry.Options, {"budget_token_ratio": ratio})
+    assert problems == [] and options is not None
+    assert options.budget_token_ratio == ratio
 
 
 def test_budget_arithmetic_matches_the_module() -> None:
     # The budget Retry holds is the pure RetryBudget, with the options' numbers.
     retry, _ = make(Script(), budget_max_tokens=4, budget_token_ratio=0.25)
     assert isinstance(retry.budget, RetryBudget)
-    assert (retry.budget.max_tokens, retry.budget.token_ratio) == (4.0, 0.25)
+    assert (retry.budget.max_milli_tokens, retry.budget.milli_token_ratio) == (4000, 250)
+    assert (retry.budget.max_tokens, retry.budget.token_ratio) == (4, 0.25)

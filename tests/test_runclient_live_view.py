@@ -37,3 +37,6 @@ def test_live_view_shows_each_breaker_state(mode: str) -> None:
                 stub.Get(cache_pb2.GetReq(key="fail=UNAVAILABLE"), timeout=10)
         assert ("cache.CacheService/Get", "open") in breaker_states(channel)
         assert "Get open" in progress_line("Get", 10, result, channel)
+        # Only the methods the load calls, when it says which.
+        assert breaker_states(channel, {GET}) == [(GET, "open")]
+        assert progress_line("Get", 10, result, channel, {GET}).endswith("; breakers: Get open")

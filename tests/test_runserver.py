@@ -6,12 +6,14 @@ import contextlib
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -147,6 +149,15 @@ def test_runclient_store_get_dump(server: RunningServer) -> None:
     assert "k\tv" in dumped.stdout.splitlines()
 
 
+def test_runclient_takes_common_options_after_the_subcommand(server: RunningServer) -> None:
+    stored = processes.manage("runclient", "store", "after", "v2", "--target", server.address,
+                              "--env", "testing")
+    assert (stored.returncode, stored.stdout) == (0, "stored after\n"), stored.stderr
+    got = processes.manage("runclient", "get", "after", "--target", server.address,
+                           "--asyncio", RESILIENCE_ENV="testing")
+    assert (got.returncode, got.stdout) == (0, "v2\n"), got.stderr
+
+
 def test_runclient_get_missing(server: RunningServer) -> None:
     result = runclient(server.address, "get", "missing")
     assert result.returncode not in (0, None)
@@ -175,6 +186,81 @@ def test_runclient_load_summary(server: RunningServer) -> None:
     for p in (50, 90, 99):
         assert rows[f"p{p} latency"].endswith(" ms"), out
     assert rows["breaker cache.CacheService/Get"] == "closed", out
+    # The stub built Dump's chain too, but a Get load says nothing of Dump's breaker.
+    assert [m for m in rows if m.startswith("breaker ")] == ["breaker cache.CacheService/Get"]
+
+
+@pytest.mark.parametrize("how", ["argument", "setting"])
+def test_runserver_refuses_an_address_in_use(how: str) -> None:
+    """grpcio's servers set SO_REUSEPORT, so a second one on a taken port would bind
+    silently and share it; runserver refuses the port, naming it and where it came from."""
+    occupant = grpc.server(ThreadPoolExecutor(max_workers=1))  # grpcio's default options
+    port = occupant.add_insecure_port("127.0.0.1:0")
+    occupant.start()
+    try:
+        address = f"127.0.0.1:{port}"
+        if how == "argument":
+            args, env, source = [address], {}, "runserver's HOST:PORT"
+        else:  # and on the asyncio server
+            args, env, source = ["--asyncio"], {"RESILIENCE_SERVER_ADDRESS": address}, \
+                "SERVER_ADDRESS"
+        result = processes.manage("runserver", *args, timeout=30, RESILIENCE_ENV="testing",
+                                  RESILIENCE_LOG_LEVEL="INFO", **env)
+    finally:
+        occupant.stop(0)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (f"cannot start the server: cannot listen on {address} ({source}): the address "
+            f"is already in use") in result.stderr
+    assert "serving cache.CacheService" not in result.stdout
+    assert "Traceback" not in result.stderr
+    # Its log went to a pipe: plain text, no colour codes.
+    assert "metrics_serving" in result.stderr
+    assert "\x1b[" not in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_loads_at_once_each_serve_their_metrics(server: RunningServer) -> None:
+    """runclient load's /metrics picks a free port unless METRICS_CLIENT_ADDRESS says one
+    (the first load runs in development, the environment a person runs two loads in)."""
+    explicit = f"127.0.0.1:{free_port()}"
+    load = ["runclient", "--target", server.address, "load", "--rate", "40",
+            "--duration", "1", "--concurrency", "2", "--keys", "5"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = [
+            pool.submit(processes.manage, *load, timeout=40, RESILIENCE_ENV="development"),
+            pool.submit(processes.manage, *load, timeout=40, RESILIENCE_ENV="testing",
+                        RESILIENCE_METRICS_CLIENT_ADDRESS=explicit),
+        ]
+        results = [run.result() for run in runs]
+    urls = []
+    for result in results:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        (url,) = [m.group(1) for line in result.stdout.splitlines()
+                  if (m := METRICS_LINE.match(line))]
+        urls.append(url)
+    assert urls[1] == f"http://{explicit}/metrics"
+    assert urls[0] != urls[1] and urls[0].startswith("http://127.0.0.1:")
+
+
+def test_load_refuses_a_metrics_address_in_use(server: RunningServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = processes.manage(
+            "runclient", "--target", server.address, "load", "--duration", "1", timeout=30,
+            RESILIENCE_ENV="testing", RESILIENCE_METRICS_CLIENT_ADDRESS=address,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (f"cannot serve metrics on {address} (METRICS_CLIENT_ADDRESS): Address already "
+            f"in use") in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def watch_health(address: str, statuses: queue.Queue[object], ready: threading.Event) -> None:

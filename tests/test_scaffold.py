@@ -208,6 +208,7 @@ def test_startproject_and_startapp_lay_out_a_project(project: Path) -> None:
         "apps/orders/tests.py",
         "manage.py",
         "pyproject.toml",
+        "settings/.secrets.toml.example",
         "settings/settings.toml",
     ]
     assert os.access(project / "manage.py", os.X_OK)
@@ -245,7 +246,9 @@ def test_serve_and_call_through_retry_and_breaker(library: Path, project: Path,
         echoed = run(library, project, *call, "echo", "hello")
         assert (echoed.returncode, echoed.stdout) == (0, "hello\n"), echoed.stderr
         assert echoed.stderr.count("retrying") == 1, echoed.stderr
-        repeated = run(library, project, *call, "repeat", "hi", "--times", "3")
+        # The common options work after the subcommand too.
+        repeated = run(library, project, "manage.py", "call_orders", "repeat", "hi",
+                       "--times", "3", "--target", address, *flags)
         assert (repeated.returncode, repeated.stdout) == (0, "hi\nhi\nhi\n"), repeated.stderr
     # Nothing listens there: two failed attempts open Echo's breaker, whose fast failure
     # Retry does not retry.
@@ -256,6 +259,48 @@ def test_serve_and_call_through_retry_and_breaker(library: Path, project: Path,
     assert re.search(r"breaker_state .*new=open", dead.stderr), dead.stderr
     assert dead.stderr.rstrip().splitlines()[-1].startswith("UNAVAILABLE: "), dead.stderr
     assert "Traceback" not in dead.stderr
+
+
+def test_production_refuses_plaintext(library: Path, project: Path) -> None:
+    """As this repository's own settings do: production serves and calls over TLS only,
+    and the hints point at a .secrets.toml.example that exists."""
+    assert tomllib.loads((project / "settings" / "settings.toml").read_text("utf-8"))[
+        "production"]["ALLOW_PLAINTEXT"] is False
+    example = (project / "settings" / ".secrets.toml.example").read_text("utf-8")
+    assert "# TLS_CERT_FILE = " in example and "# CLIENT_TLS_CA_FILE = " in example
+    served = run(library, project, "manage.py", "runserver", "--env", "production")
+    assert served.returncode == 1, served.stdout + served.stderr
+    assert "resilience.E030" in served.stderr and "refusing to start" in served.stderr
+    assert "see settings/.secrets.toml.example" in served.stderr
+    assert "serving" not in served.stdout and "Traceback" not in served.stderr
+    called = run(library, project, "manage.py", "call_orders", "echo", "hi", "--env",
+                 "production")
+    assert called.returncode == 1, called.stdout + called.stderr
+    assert "resilience.E031" in called.stderr and "Traceback" not in called.stderr
+
+
+def test_startapp_without_grpcio_tools_exits_1_and_installs_nothing(
+    library: Path, tmp_path: Path
+) -> None:
+    made = admin(library, tmp_path, "startproject", "shop")
+    assert made.returncode == 0, made.stderr
+    project = tmp_path / "shop"
+    hidden = tmp_path / "hidden" / "grpc_tools"  # shadows the installed grpcio-tools
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('raise ImportError("hidden by the test")\n')
+    result = subprocess.run(
+        [sys.executable, "manage.py", "startapp", "orders"], cwd=project, capture_output=True,
+        text=True, timeout=60, env=environment(
+            PYTHONPATH=os.pathsep.join([str(hidden.parent), str(library)]),
+            RESILIENCE_ENV="testing"),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("stubs not generated (Generating protobuf code needs "
+                                    "grpcio-tools"), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (project / "apps" / "orders").exists()
+    assert tomllib.loads((project / "settings" / "settings.toml").read_text("utf-8"))[
+        "default"]["INSTALLED_APPS"] == []
 
 
 def test_the_apps_own_tests_pass(library: Path, project: Path) -> None:
@@ -465,7 +510,7 @@ def test_startapp_refusal_is_one_line_without_traceback(library: Path, project: 
     assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
 
 
-def test_startapp_without_grpcio_tools_says_what_to_run(
+def test_startapp_without_grpcio_tools_fails_and_installs_nothing(
     empty_project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def missing(*args: object) -> None:
@@ -473,14 +518,16 @@ def test_startapp_without_grpcio_tools_says_what_to_run(
                                    "grpcio-tools")
 
     monkeypatch.setattr(startapp, "generate", missing)
+    settings = (empty_project / "settings.toml").read_text("utf-8")
     out, err = io.StringIO(), io.StringIO()
-    assert call_command("startapp", "orders", "--settings", "settings.toml",
-                        stdout=out, stderr=err) == 0
-    assert err.getvalue() == (
+    with pytest.raises(CommandError) as info:
+        call_command("startapp", "orders", "--settings", "settings.toml",
+                     stdout=out, stderr=err)
+    assert info.value.returncode == 1
+    assert str(info.value) == (
         "stubs not generated (Generating protobuf code needs grpcio-tools: pip install "
-        "grpcio-tools); then run 'python manage.py genproto apps.orders'\n")
-    assert (empty_project / "apps" / "orders" / "protos" / "orders.proto").is_file()
-    assert not list((empty_project / "apps" / "orders" / "protos").glob("*_pb2*"))
-    assert 'added "apps.orders" to INSTALLED_APPS' in out.getvalue()
-    assert tomllib.loads((empty_project / "settings.toml").read_text("utf-8"))["default"][
-        "INSTALLED_APPS"] == ["lib.billing", "apps.orders"]
+        "grpcio-tools); apps/orders was not created and INSTALLED_APPS is unchanged: run "
+        "'python manage.py startapp orders' again once that is fixed")
+    assert out.getvalue() == ""
+    assert not (empty_project / "apps" / "orders").exists()
+    assert (empty_project / "settings.toml").read_text("utf-8") == settings

@@ -220,6 +220,12 @@ class ChainResolver:
             merged.update(values)
             sources.append(f"{setting}.{name}")
         options, problems = build_options(factory.Options, merged)
+        broken = {name for name, _ in self.settings.problems}
+        if problems and any(setting.partition(".")[0] in broken
+                            for setting, _ in self.option_tables(side, method)):
+            # An option table that is not a table of tables has its own E001 and is
+            # replaced by {}: what its middleware say of their defaults would only follow on.
+            return None
         for message in problems:
             self.problems.append(error(
                 "resilience.E005", " + ".join(sources) or name, f"{name}: {message}",

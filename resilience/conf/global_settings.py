@@ -9,6 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from resilience.conf.addresses import (
+    bind_address_problem,
+    http_address_problem,
+    server_name_problem,
+    target_problem,
+)
 from resilience.core.middleware import option
 
 DEFAULT_CLIENT_MIDDLEWARE = (
@@ -64,12 +70,19 @@ class GlobalSettings:
     ASYNCIO: bool = option(
         False, "Serve and call with grpc.aio; runserver/runclient --asyncio set it for one run."
     )
-    SERVER_ADDRESS: str = option("127.0.0.1:50051", "Where runserver listens (HOST:PORT).")
+    SERVER_ADDRESS: str = option(
+        "127.0.0.1:50051", "Where runserver listens (HOST:PORT; port 0 picks one).",
+        check=bind_address_problem,
+    )
     SERVER_MAX_WORKERS: int = option(16, "Threads serving RPCs in the sync server.", ge=1)
     SERVER_GRACE_PERIOD: float = option(
         5.0, "Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.", ge=0
     )
-    CLIENT_TARGET: str = option("127.0.0.1:50051", "Where runclient connects (HOST:PORT).")
+    CLIENT_TARGET: str = option(
+        "127.0.0.1:50051",
+        "Where runclient connects: HOST:PORT, or a grpc target such as dns:///HOST:PORT.",
+        check=target_problem,
+    )
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = option(
         "INFO", "The lowest level that is logged."
     )
@@ -94,7 +107,8 @@ class GlobalSettings:
     CLIENT_TLS_CERT_FILE: str = option("", "Client certificate chain (PEM) for mutual TLS.")
     CLIENT_TLS_KEY_FILE: str = option("", "Client private key (PEM) for mutual TLS.")
     CLIENT_TLS_SERVER_NAME: str = option(
-        "", "Name the server's certificate must carry, when the target does not (an IP)."
+        "", "Name the server's certificate must carry, when the target does not (an IP).",
+        check=server_name_problem,
     )
     ALLOW_PLAINTEXT: bool = option(
         True, "Allow serving and connecting without TLS; false refuses plaintext."
@@ -105,11 +119,14 @@ class GlobalSettings:
         "Metrics middleware leaves every chain.",
     )
     METRICS_SERVER_ADDRESS: str = option(
-        "127.0.0.1:9464", "Where runserver serves /metrics (HOST:PORT; port 0 picks one)."
+        "127.0.0.1:9464", "Where runserver serves /metrics (HOST:PORT; port 0 picks one).",
+        check=http_address_problem,
     )
     METRICS_CLIENT_ADDRESS: str = option(
-        "127.0.0.1:9465",
-        "Where runclient load serves /metrics while it runs (HOST:PORT; port 0 picks one).",
+        "127.0.0.1:0",
+        "Where runclient load serves /metrics while it runs (HOST:PORT); the default port 0 "
+        "picks a free one, so that loads can run side by side.",
+        check=http_address_problem,
     )
     HEALTH_SATURATION_SECONDS: float = option(
         0.0,
@@ -119,7 +136,8 @@ class GlobalSettings:
     )
     REDIS_URL: str = option(
         "", "Redis for state shared by replicas (redis://HOST:PORT/DB); '' = none. Used by "
-            "middleware with storage = 'redis'."
+            "middleware with storage = 'redis'.",
+        secret=True,  # it may carry a password: redis://:PASSWORD@HOST:PORT/DB
     )
     REDIS_MAX_CONNECTIONS: int = option(
         50, "Connections per process (per event loop under asyncio) to REDIS_URL.", ge=1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import ipaddress
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,27 +25,83 @@ from resilience.conf.names import (
     unchecked_method_names,
     well_formed,
 )
-from resilience.conf.settings import Settings
+from resilience.conf.settings import ENVVAR_PREFIX, SECRETS_FILE, Settings
 from resilience.core.errors import ImproperlyConfigured
 from resilience.core.loading import describe_exception
 from resilience.distributed.checks import redis_problems
 from resilience.protos import app_protos, stale
 from resilience.transport.credentials import (
     channel_credentials,
+    client_setting_problem,
     client_tls_enabled,
     plaintext_refusal,
     server_credentials,
+    server_setting_problem,
     server_tls_enabled,
 )
+from resilience.transport.tls_files import tls_file_problems
 
 
 def _setting_problems(settings: Settings) -> list[CheckMessage]:
     # "setting 'X' is 'v'; expected ..." -> "is 'v'; expected ...": keep the offending value.
     return [
         error("resilience.E001", name, message.removeprefix(f"setting '{name}' "),
-              f"fix {name} in {settings.path}; see the settings reference")
+              f"fix {_where_set(settings, name, message)}; see the settings reference")
         for name, message in settings.problems
     ]
+
+
+def _where_set(settings: Settings, name: str, message: str) -> str:
+    origin = settings.origin((name,), message)
+    if origin and origin.startswith(ENVVAR_PREFIX):
+        return f"the environment variable {origin} (or unset it)"
+    return f"{name} in {origin or settings.path}"
+
+
+def _setting_path(setting: str) -> tuple[str, ...]:
+    """'CLIENT_METHOD_OPTIONS."pkg.S/M".Retry' -> ('CLIENT_METHOD_OPTIONS', 'pkg.S/M',
+    'Retry'): a message's setting as keys."""
+    return tuple(quoted or plain for quoted, plain in re.findall(r'"([^"]*)"|([^."]+)', setting))
+
+
+def with_origins(messages: list[CheckMessage], settings: Settings) -> list[CheckMessage]:
+    """Each message with where its value came from, when not from the settings file (an
+    environment variable, the secrets file): the one place messages learn it."""
+    named = []
+    for message in messages:
+        origin = next(filter(None, (
+            settings.origin(_setting_path(part), message.msg)
+            for part in message.setting.split(" + ")
+        )), None)
+        named.append(dataclasses.replace(message, origin=origin) if origin else message)
+    return named
+
+
+def _unread_secrets(settings: Settings) -> list[CheckMessage]:
+    """W034: values in the secrets file that no environment reads. dynaconf reads only
+    [default], [global] and the environments' sections, so a typo there ([prodution]) or a
+    key outside any section would leave production without its secrets, silently."""
+    secrets = settings.secrets
+    if not secrets:
+        return []
+    file = settings.path.with_name(SECRETS_FILE)
+    known = {*settings.environments, "default", "global"}
+    messages = []
+    for section, table in secrets.items():
+        if not isinstance(table, dict):
+            messages.append(warning(
+                "resilience.W034", section,
+                f"is set in {file} outside any section, so no environment reads it",
+                f"move it under [{settings.env}] or [default] in {file}",
+            ))
+        elif section.lower() not in known:
+            messages.append(warning(
+                "resilience.W034", f"[{section}]",
+                f"is a section of {file} that is no environment of {settings.path}, so its "
+                f"values are never read",
+                f"rename it to one of: {', '.join(sorted(known))}",
+            ))
+    return messages
 
 
 def _unknown_settings(settings: Settings, apps: Apps | None) -> list[CheckMessage]:
@@ -211,15 +269,17 @@ def run_checks(settings: Settings) -> tuple[Apps | None, list[CheckMessage]]:
             messages += unchecked_method_names(settings, set())
         messages += redis_problems(settings, methods)
         messages += _app_code_problems(settings, apps, set(methods))
-    messages = unique(messages)
+    messages += _unread_secrets(settings)
+    messages = with_origins(unique(messages), settings)
     messages.sort(key=lambda m: not m.is_error)
     return apps, messages
 
 
 # TLS and authentication (resilience.E030-E039, W030-W039).
 def _tls_problems(settings: Settings, side: str) -> list[CheckMessage]:
-    """Plaintext that ALLOW_PLAINTEXT forbids (E030 server, E031 client), and TLS settings
-    that cannot work (E032)."""
+    """Plaintext that ALLOW_PLAINTEXT forbids (E030 server, E031 client), TLS settings
+    that cannot work together (E032), and every TLS file that cannot be read, is not PEM,
+    holds the wrong thing or a key that is not its certificate's (E032-E035)."""
     secure = server_tls_enabled(settings) if side == "server" else client_tls_enabled(settings)
     if not secure and not settings.ALLOW_PLAINTEXT:
         what = (
@@ -232,13 +292,24 @@ def _tls_problems(settings: Settings, side: str) -> list[CheckMessage]:
             f"set {what} in settings/.secrets.toml (see settings/.secrets.toml.example), "
             f"or set ALLOW_PLAINTEXT = true for this environment",
         )]
-    try:
+    problem = (server_setting_problem if side == "server" else client_setting_problem)(settings)
+    messages = [_e032(problem)] if problem else []
+    # Every file of the side, each read and parsed (E032-E035), not only the first.
+    messages += tls_file_problems(settings, (side,))
+    if messages:
+        return messages
+    try:  # what grpc itself says of files that passed
         (server_credentials if side == "server" else channel_credentials)(settings)
     except ImproperlyConfigured as exc:
-        setting = str(exc).partition(" ")[0]
-        return [error("resilience.E032", setting, str(exc).removeprefix(f"{setting} "),
-                      "fix the TLS settings (see the README's 'TLS and authentication')")]
+        return [_e032(str(exc))]
     return []
+
+
+def _e032(problem: str) -> CheckMessage:
+    """E032 from a sentence that starts with the setting it is about."""
+    setting = problem.partition(" ")[0]
+    return error("resilience.E032", setting, problem.removeprefix(f"{setting} "),
+                 "fix the TLS settings (see the README's 'TLS and authentication')")
 
 
 def _lists_middleware(chains: Iterable[Iterable[str]], name: str) -> bool:
@@ -307,4 +378,4 @@ def security_checks(
     the deployment warnings (``check --deploy``, and always in production)."""
     messages = [m for side in sides for m in _tls_problems(settings, side)]
     messages += _auth_problems(settings, deploy)
-    return sorted(unique(messages), key=lambda m: not m.is_error)
+    return sorted(with_origins(unique(messages), settings), key=lambda m: not m.is_error)

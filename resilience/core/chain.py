@@ -35,13 +35,16 @@ def build_chain(
     is_async: bool = False,
     idempotent: bool = False,
     metrics: Recorder | NullRecorder = NULL_RECORDER,
+    left_out: dict[str, str] | None = None,
 ) -> tuple[Handler, list[Middleware]]:
     """Wrap ``terminal`` inside-out, so the first spec is outermost and called first.
 
     In an asyncio chain each middleware contributes its ``acall``, or, if it is sync-only,
     an adapter that runs it in a worker thread. Returns the handler and the middleware
     instances that took part, outermost first. ``metrics`` is the method's recorder on
-    this side, handed to every middleware in ``ChainInfo.metrics``.
+    this side, handed to every middleware in ``ChainInfo.metrics``. ``left_out``, if
+    given, receives each path that raised ``MiddlewareNotUsed`` with its reason, so that
+    ``showchain`` can say why a middleware is not in a chain.
     """
     handler = terminal
     used: list[Middleware] = []
@@ -61,7 +64,9 @@ def build_chain(
                 # The bound method, not the instance: calling an instance goes through its
                 # type's __call__ slot on every call, a bound method does not.
                 handler = instance.acall if is_async else instance.__call__
-        except MiddlewareNotUsed:
+        except MiddlewareNotUsed as exc:
+            if left_out is not None:
+                left_out[spec.path] = str(exc)
             continue
         used.append(instance)
     used.reverse()

@@ -43,12 +43,26 @@ class ChainInfo:
     metrics: Recorder | NullRecorder = NULL_RECORDER
 
 
-def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None) -> Any:
-    """Declare one middleware option: its default, a one-line doc and simple bounds."""
-    metadata = {"doc": doc, "ge": ge, "gt": gt}
+def option(
+    default: Any,
+    doc: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    secret: bool = False,
+    check: Callable[[Any], str | None] | None = None,
+) -> Any:
+    """Declare one middleware option: its default, a one-line doc and simple bounds.
+
+    ``secret=True`` marks a credential (a token, a password): messages, logs and
+    ``showchain`` never show its value, and it is left out of the options' repr. ``check``
+    validates a well-typed value further (an address): it returns why the value cannot
+    work, or ``None``; ``build_options`` calls it, so every source of a value gets it.
+    """
+    metadata = {"doc": doc, "ge": ge, "gt": gt, "secret": secret, "check": check}
     if isinstance(default, list | dict | set):
         raise TypeError("mutable option defaults are shared between chains; use a tuple")
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -26,6 +26,8 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from resilience.conf.global_settings import GlobalSettings
+from resilience.conf.options import redact
 from resilience.core.errors import ImproperlyConfigured
 from resilience.core.middleware import ChainInfo
 
@@ -64,26 +66,23 @@ def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a Redis URL, or ``None`` if it can."""
     if not url:
         return "is empty"
+    shown = repr(redacted(url))  # never the password
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
-        return f"is {url!r}, which is not a URL ({exc})"
+        return f"is {shown}, which is not a URL ({exc})"
     if parts.scheme not in URL_SCHEMES:
-        return f"is {url!r}, whose scheme is not redis://, rediss:// or unix://"
+        return f"is {shown}, whose scheme is not redis://, rediss:// or unix://"
     if parts.scheme != "unix" and not parts.hostname:
-        return f"is {url!r}, which names no host"
+        return f"is {shown}, which names no host"
     return None
 
 
 def redacted(url: str) -> str:
-    """``url`` without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
+    """``url`` without its password, for logs and messages (REDIS_URL is a secret
+    setting: ``resilience.conf.options.redact`` masks it the same way)."""
+    return redact(GlobalSettings, "REDIS_URL", url)
 
 
 def config_of(info: ChainInfo, what: str) -> RedisConfig:

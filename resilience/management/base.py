@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from resilience.apps.registry import Apps
 from resilience.checks import CheckMessage
 from resilience.conf.settings import Settings, load_settings
-from resilience.conf.validation import run_checks
+from resilience.conf.validation import run_checks, security_checks
 from resilience.core.errors import ImproperlyConfigured
 from resilience.log import configure_logging
 
@@ -31,6 +31,21 @@ def add_asyncio_option(parser: argparse.ArgumentParser, default: Any = False) ->
     it with the default SUPPRESS, as ``global_options``."""
     parser.add_argument("--asyncio", action="store_true", default=default,
                         help="use grpc.aio for this run (as ASYNCIO = true does)")
+
+
+def add_target_option(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """``--target HOST:PORT`` of a client command. Subcommands add it with the default
+    SUPPRESS, as ``global_options``, so ``runclient get k --target X`` works too."""
+    parser.add_argument("--target", default=default, help="HOST:PORT (default: CLIENT_TARGET)")
+
+
+def subcommand_options() -> argparse.ArgumentParser:
+    """The options every subcommand of a client command takes after its name as well as
+    before it: ``--settings``, ``--env``, ``--target`` and ``--asyncio``; a parent parser."""
+    parser = global_options()
+    add_target_option(parser, argparse.SUPPRESS)
+    add_asyncio_option(parser, argparse.SUPPRESS)
+    return parser
 
 
 class CommandError(Exception):
@@ -78,6 +93,15 @@ class BaseCommand:
     def report(self, messages: list[CheckMessage]) -> None:
         for message in messages:
             self.stderr.write(message.format(self.settings.env) + "\n")
+
+    def refuse_insecure(self, *sides: str) -> None:
+        """Refuse to serve or call in plaintext where ALLOW_PLAINTEXT is false, or with TLS
+        settings that cannot work (E030-E032), with the messages ``check`` prints; a command
+        that serves or connects calls this before it does (``connect()`` would raise)."""
+        if errors := [m for m in security_checks(self.settings, sides) if m.is_error]:
+            self.report(errors)
+            raise CommandError(f"refusing to start: {len(errors)} configuration error(s); "
+                               f"run 'manage.py check' for the full list")
 
     def execute(self, **options: Any) -> int:
         """Load settings, run checks if required, then ``handle``; return the exit status."""

@@ -7,6 +7,7 @@ import dataclasses
 import structlog
 from prometheus_client import start_http_server
 
+from resilience.conf.addresses import http_address_problem, parse_host_port
 from resilience.core.errors import ImproperlyConfigured
 
 log = structlog.get_logger(__name__)
@@ -37,14 +38,13 @@ def serve_metrics(address: str, setting: str = "METRICS_SERVER_ADDRESS") -> Metr
     from resilience.metrics.collectors import collectors
 
     collectors()
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not host:
-        raise ImproperlyConfigured(
-            f"{setting} is {address!r}; expected HOST:PORT such as '127.0.0.1:9464' "
-            f"(port 0 picks a free port)"
-        )
+    problem = http_address_problem(address)
+    if problem:  # the check of METRICS_*_ADDRESS, for callers that did not run check
+        raise ImproperlyConfigured(f"{setting} is {address!r}; {problem}")
+    host = address.rpartition(":")[0]
+    parsed = parse_host_port(address, port_zero=True)
     try:
-        server, _thread = start_http_server(int(port_text), addr=host.strip("[]"))
+        server, _thread = start_http_server(parsed.port, addr=parsed.host)
     except OSError as exc:
         raise ImproperlyConfigured(
             f"cannot serve metrics on {address} ({setting}): {exc.strerror or exc}; choose "

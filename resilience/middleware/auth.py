@@ -57,6 +57,7 @@ class TokenAuth(Middleware):
         tokens: dict[str, str] | None = option(
             None,
             "Identity name -> its bearer token (keep them in settings/.secrets.toml).",
+            secret=True,
         )
         peers: tuple[str, ...] = option(
             (),
@@ -121,7 +122,7 @@ class TokenAuth(Middleware):
         opts = self.options
         service = info.method.partition("/")[0]
         if info.method in opts.exempt or service in opts.exempt:
-            raise MiddlewareNotUsed
+            raise MiddlewareNotUsed(f"option 'exempt' lists {info.method} or its service")
         self._tokens = tuple(
             (identity, token.encode("ascii")) for identity, token in (opts.tokens or {}).items()
         )
@@ -203,7 +204,9 @@ class BearerToken(Middleware):
 
     @dataclasses.dataclass(frozen=True)
     class Options(MiddlewareOptions):
-        token: str = option("", "The bearer token (keep it in settings/.secrets.toml).")
+        token: str = option(
+            "", "The bearer token (keep it in settings/.secrets.toml).", secret=True
+        )
 
         def validate(self) -> list[str]:
             problem = _token_problem("option 'token'", self.token)

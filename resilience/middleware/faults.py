@@ -147,9 +147,11 @@ class FaultInjection(Middleware):
         opts = cast(FaultInjection.Options, options)
         methods = {m.strip("/") for m in opts.methods}
         if methods and info.method not in methods:
-            raise MiddlewareNotUsed
+            raise MiddlewareNotUsed(f"option 'methods' does not list {info.method}")
         if not (opts.abort_fraction or opts.delay_fraction or opts.allow_metadata):
-            raise MiddlewareNotUsed  # nothing could ever be injected: stay off the call path
+            # Nothing could ever be injected: stay off the call path.
+            raise MiddlewareNotUsed("nothing to inject: abort_fraction and delay_fraction "
+                                    "are 0 and allow_metadata is false")
         if opts.delay_seconds is not None:
             low = high = opts.delay_seconds
         else:

@@ -136,11 +136,13 @@ class Hedging(Middleware):
             "Draw hedges from the channel's retry budget (gRFC A6 retry throttling), shared "
             "with Retry, so a failing server is not sent extra attempts.",
         )
-        budget_max_tokens: float = option(
-            10.0, "Tokens in the channel's budget; hedges stop at half or below.", gt=0
+        budget_max_tokens: int = option(
+            10, "Tokens in the channel's budget, a whole number up to 1000 (gRFC A6's "
+            "maxTokens); hedges stop at half or below.", gt=0,
         )
         budget_token_ratio: float = option(
-            0.1, "Tokens a success gives back; each non-fatal failure takes 1.", gt=0
+            0.1, "Tokens a success gives back, read to three decimals (gRFC A6's "
+            "tokenRatio); each non-fatal failure takes 1.", gt=0,
         )
         non_idempotent: bool = option(
             False,

@@ -16,7 +16,8 @@ Three things keep retries from making an outage worse (gRFC A6):
   below half of it no retry is made, so a client of a dead server sends about one attempt
   per call instead of ``max_attempts``;
 - server pushback: a ``grpc-retry-pushback-ms`` trailer replaces the backoff for the next
-  wait, and a negative or unreadable one means "do not retry";
+  wait and restarts the backoff sequence (the wait after it is ``initial_backoff``
+  again), and a negative or unreadable one means "do not retry";
 - idempotency: only methods marked idempotent (their proto's ``idempotency_level``, or
   IDEMPOTENT_METHODS) are retried unless ``non_idempotent`` is set; for the others Retry
   leaves itself out of the chain when it is built.
@@ -56,7 +57,6 @@ from resilience.middleware.context import rebind_attempt
 
 log = structlog.get_logger(__name__)
 
-# gRFC A6's bounds for retryThrottling's maxTokens and tokenRatio.
 # At most one "retry_throttled" line per chain per this many seconds.
 THROTTLE_LOG_INTERVAL_S = 1.0
 
@@ -120,11 +120,13 @@ class Retry(Middleware):
             "Draw retries from the channel's retry budget (gRFC A6 retry throttling), so a "
             "failing server gets about one attempt per call instead of max_attempts.",
         )
-        budget_max_tokens: float = option(
-            10.0, "Tokens in the channel's budget; retries stop at half or below.", gt=0
+        budget_max_tokens: int = option(
+            10, "Tokens in the channel's budget, a whole number up to 1000 (gRFC A6's "
+            "maxTokens); retries stop at half or below.", gt=0,
         )
         budget_token_ratio: float = option(
-            0.1, "Tokens a success gives back; each failed attempt takes 1.", gt=0
+            0.1, "Tokens a success gives back, read to three decimals (gRFC A6's "
+            "tokenRatio); each failed attempt takes 1.", gt=0,
         )
 
         def validate(self) -> list[str]:
@@ -182,17 +184,18 @@ class Retry(Middleware):
         if self._streaming:
             return self._stream(call)
         budget = self.budget
-        attempt = 1
+        attempt = step = 1
         current = call if call.attempt == 1 else call.replace(attempt=1)
         while True:
             try:
                 response = self.handler(current)
             except grpc.RpcError as exc:
-                self.sleep(self._backoff_or_raise(call, attempt, exc))
+                delay, step = self._backoff_or_raise(call, attempt, exc, step)
+                self.sleep(delay)
             else:
                 # record_success's own first check, inlined: a full budget (the usual case)
                 # costs no call at all.
-                if budget is not None and budget.tokens < budget.max_tokens:
+                if budget is not None and budget.milli_tokens < budget.max_milli_tokens:
                     budget.record_success()
                 return response
             attempt += 1
@@ -213,7 +216,7 @@ class Retry(Middleware):
                   ) -> Iterator[Any]:
         """After the first response, errors reach the caller. The attempt counts as a
         success for the budget once it commits (or ends empty)."""
-        attempt = 1
+        attempt = step = 1
         while True:
             if error is None:
                 try:
@@ -225,7 +228,8 @@ class Retry(Middleware):
                     return
                 except grpc.RpcError as exc:
                     error = exc
-            self.sleep(self._backoff_or_raise(call, attempt, error))
+            delay, step = self._backoff_or_raise(call, attempt, error, step)
+            self.sleep(delay)
             attempt += 1
             error = None
             try:
@@ -246,15 +250,17 @@ class Retry(Middleware):
     async def _aunary(self, call: Call) -> Any:
         """``__call__`` for asyncio: the backoff is awaited, so the loop serves other calls."""
         budget = self.budget
-        attempt = 1
+        attempt = step = 1
         current = call if call.attempt == 1 else call.replace(attempt=1)
         while True:
             try:
                 response = await self.handler(current)
             except grpc.RpcError as exc:
-                await self.asleep(self._backoff_or_raise(call, attempt, exc))
+                delay, step = self._backoff_or_raise(call, attempt, exc, step)
+                await self.asleep(delay)
             else:
-                if budget is not None and budget.tokens < budget.max_tokens:  # as __call__
+                # As __call__: a full budget costs no call.
+                if budget is not None and budget.milli_tokens < budget.max_milli_tokens:
                     budget.record_success()
                 return response
             attempt += 1
@@ -272,7 +278,7 @@ class Retry(Middleware):
 
     async def _aretrying(self, call: Call, rpc: Any, error: grpc.RpcError | None
                          ) -> AsyncIterator[Any]:
-        attempt = 1
+        attempt = step = 1
         while True:
             if error is None:
                 try:
@@ -284,7 +290,8 @@ class Retry(Middleware):
                     return
                 except grpc.RpcError as exc:
                     error = exc
-            await self.asleep(self._backoff_or_raise(call, attempt, error))
+            delay, step = self._backoff_or_raise(call, attempt, error, step)
+            await self.asleep(delay)
             attempt += 1
             error = None
             try:
@@ -309,30 +316,39 @@ class Retry(Middleware):
         if self.budget is not None:
             self.budget.record_success()
 
-    def _backoff_or_raise(self, call: Call, attempt: int, error: grpc.RpcError) -> float:
-        """Seconds to wait before the attempt after ``attempt``, or raise ``error`` if there
-        is to be none. The one retry decision, shared by the sync and asyncio loops.
+    def _backoff_or_raise(self, call: Call, attempt: int, error: grpc.RpcError, step: int
+                          ) -> tuple[float, int]:
+        """Seconds to wait before the attempt after ``attempt``, and the ``step`` to pass
+        with the next failure; or raise ``error`` if there is to be no next attempt. The one
+        retry decision, shared by the sync and asyncio loops.
+
+        ``step`` is the term of the backoff sequence the next ordinary wait takes (1 is
+        ``initial_backoff``). A pushback wait replaces it and restarts the sequence, so the
+        wait after it is ``initial_backoff`` again (A6: "the delay period will be reset to
+        the initialBackoff setting"; grpc-core resets its BackOff).
 
         A failure with a retryable status is charged to the budget first, whether or not
-        a retry follows (A6); any other error counts as neither success nor failure.
+        a retry follows, and the budget's answer is the one that failure left (A6,
+        grpc-core's RecordFailure); any other error counts as neither success nor failure.
         """
         if not self._may_retry(error):
             raise error
         code = status_of(error)
         budget = self.budget
-        if budget is not None:
-            budget.record_failure()
+        allowed = budget is None or budget.record_failure()
         if attempt >= self.max_attempts:
             raise error
         pushback = pushback_of(error)
         if pushback is None:
-            delay = self.backoff.delay(attempt, self.rng)
+            delay = self.backoff.delay(step, self.rng)
+            step += 1
         elif pushback < 0:
             log.info("retry_pushback_stop", method=call.method, attempt=attempt, code=code.name)
             raise error
         else:
             delay = pushback
-        if budget is not None and not budget.allows_retry():
+            step = 1
+        if not allowed:
             self._throttle(call, code)
             raise error
         if call.deadline is not None and delay >= call.deadline - self.clock():
@@ -349,7 +365,7 @@ class Retry(Middleware):
             **({"pushback": True} if pushback is not None else {}),
         )
         rebind_attempt(attempt + 1)  # the next attempt's lines, if a RequestContext binds
-        return delay
+        return delay, step
 
     def _throttle(self, call: Call, code: grpc.StatusCode) -> None:
         """Count a retry the budget refused; log it at most once a second per chain, with

@@ -4,6 +4,12 @@ The stack is an async chain: the servicer's coroutine is awaited, its async gene
 iterated. A servicer's ``await context.abort(...)`` (or ``set_code``) becomes a status
 inside the stack, so middleware see the real status, and grpc.aio then gets the
 servicer's own outcome back; a status a middleware raises is sent with ``context.abort``.
+
+A request that does not deserialize runs through the stack too (see ``server``), rather
+than ending in grpc.aio's UNKNOWN with the parser's exception text: a unary request is
+parsed by the entry, a request stream's messages by a deserializer that raises
+``UndecodableRequestError`` for one that does not parse, so that ``context.read()`` still
+returns messages.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ from resilience.core.middleware import Handler
 from resilience.transport.server import (
     ServicerStatus,
     StackInterceptor,
+    UndecodableRequest,
+    UndecodableRequestError,
     make_call,
     raised,
+    request_parser,
     returned,
 )
 
@@ -73,6 +82,8 @@ def _terminal(behavior: Callable[[Any, Any], Any], kind: CallKind) -> Handler:
     if kind.response_streaming:
 
         async def stream(call: Call) -> AsyncIterator[Any]:
+            if call.request.__class__ is UndecodableRequest:
+                raise call.request.refuse(call)
             stopped = False
             try:
                 responses = behavior(call.request, call.context)
@@ -95,8 +106,11 @@ def _terminal(behavior: Callable[[Any, Any], Any], kind: CallKind) -> Handler:
 
     async def unary(call: Call) -> Any:
         context = call.context
+        request = call.request
+        if request.__class__ is UndecodableRequest:  # one comparison, no frame
+            raise request.refuse(call)
         try:
-            response = await behavior(call.request, context)
+            response = await behavior(request, context)
         except Exception as exc:
             if (failed := raised(call, exc, _past(call.deadline))) is None:
                 raise
@@ -148,13 +162,37 @@ async def _stop(responses: AsyncIterator[Any]) -> None:
         await aclose()
 
 
-def _entry(chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], Any]:
-    """The coroutine grpc.aio runs per RPC. A response stream is written here rather than
-    yielded to grpc, which would abandon the stack, unfinished, to the garbage collector
-    when its client goes; the stack is ended before the call is."""
+def strict_deserializer(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request stream's deserializer for grpc.aio, which calls it for each message the
+    servicer reads (iterating or with ``context.read()``): a message that does not parse
+    raises ``UndecodableRequestError`` there, an INTERNAL status the stack and the client
+    see, rather than the parser's own error (UNKNOWN, with its text)."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            raise UndecodableRequestError() from None
+
+    return parse
+
+
+def _entry(chain: Handler, method: str, kind: CallKind, parse: Callable[[bytes], Any] | None
+           ) -> Callable[[Any, Any], Any]:
+    """The coroutine grpc.aio runs per RPC. A unary request arrives as bytes and is parsed
+    here (``parse``); a request stream arrives parsed (``parse`` is None). A response
+    stream is written here rather than yielded to grpc, which would abandon the stack,
+    unfinished, to the garbage collector when its client goes; the stack is ended before
+    the call is."""
     if kind.response_streaming:
 
-        async def serve_stream(request: Any, context: Any) -> None:
+        async def serve_stream(data: Any, context: Any) -> None:
+            request = data
+            if parse is not None:
+                try:
+                    request = parse(data)
+                except Exception as exc:
+                    request = UndecodableRequest(data, exc)
             status = None
             try:
                 responses = aiter(chain(make_call(method, kind, request, context)))
@@ -173,7 +211,13 @@ def _entry(chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], 
 
         return serve_stream
 
-    async def serve(request: Any, context: Any) -> Any:
+    async def serve(data: Any, context: Any) -> Any:
+        request = data
+        if parse is not None:
+            try:
+                request = parse(data)
+            except Exception as exc:
+                request = UndecodableRequest(data, exc)
         try:
             return await chain(make_call(method, kind, request, context))
         except ServicerStatus as exc:
@@ -195,8 +239,18 @@ class AioChainInterceptor(StackInterceptor, grpc.aio.ServerInterceptor):
         require_async(method, behavior, kind)
         return _terminal(behavior, kind)
 
-    def _entry(self, chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], Any]:
-        return _entry(chain, method, kind)
+    def _entry(self, chain: Handler, method: str, kind: CallKind,
+               deserializer: Callable[[bytes], Any] | None) -> Callable[[Any, Any], Any]:
+        return _entry(chain, method, kind,
+                      None if kind.request_streaming else request_parser(deserializer))
+
+    def _request_deserializer(self, kind: CallKind, deserializer: Callable[[bytes], Any] | None
+                              ) -> Callable[[bytes], Any] | None:
+        """None for a unary request, which the entry parses; for a request stream, a
+        deserializer that answers a bad message with INTERNAL (``strict_deserializer``)."""
+        if kind.request_streaming and deserializer is not None:
+            return strict_deserializer(deserializer)
+        return None
 
     async def intercept_service(
         self,

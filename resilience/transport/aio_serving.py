@@ -16,7 +16,7 @@ from resilience.core.errors import ImproperlyConfigured
 from resilience.transport.aio_server import AioChainInterceptor, require_async
 from resilience.transport.credentials import server_credentials
 from resilience.transport.health import AioSaturationMonitor, stack_limiters
-from resilience.transport.serving import listen
+from resilience.transport.serving import SERVER_OPTIONS, listen
 
 log = structlog.get_logger(__name__)
 
@@ -25,12 +25,14 @@ class AioServer:
     """A grpc.aio server serving every installed app's ``async_servicer``, with graceful,
     health-aware shutdown. Build it inside the event loop that will run it."""
 
-    def __init__(self, settings: Settings, apps: Apps, address: str) -> None:
+    def __init__(self, settings: Settings, apps: Apps, address: str,
+                 source: str = "SERVER_ADDRESS") -> None:
         self.settings = settings
         self.interceptor = AioChainInterceptor(
             ChainResolver(settings, is_async=True), set(apps.methods()), address
         )
-        self.grpc_server = grpc.aio.server(interceptors=[self.interceptor])
+        self.grpc_server = grpc.aio.server(interceptors=[self.interceptor],
+                                           options=SERVER_OPTIONS)
         for service in apps.services():
             if service.async_servicer is None:
                 raise ImproperlyConfigured(
@@ -49,7 +51,7 @@ class AioServer:
             [*self.names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc_server
         )
         self.port, self.address = listen(
-            self.grpc_server, address, self.interceptor, server_credentials(settings)
+            self.grpc_server, address, self.interceptor, server_credentials(settings), source
         )
 
     async def start(self) -> None:

@@ -53,42 +53,57 @@ def client_tls_enabled(settings: Any) -> bool:
     )
 
 
+def server_setting_problem(settings: Any) -> str | None:
+    """Why the server's TLS settings cannot work together, from which are set (no file is
+    read), or ``None``. The text starts with the setting it is about."""
+    client_ca = bool(_setting(settings, "TLS_CLIENT_CA_FILE"))
+    require = bool(_setting(settings, "TLS_REQUIRE_CLIENT_CERT", False))
+    if not server_tls_enabled(settings):
+        if client_ca or require:
+            name = "TLS_CLIENT_CA_FILE" if client_ca else "TLS_REQUIRE_CLIENT_CERT"
+            return (f"{name} is set but TLS_CERT_FILE and TLS_KEY_FILE are not; mutual TLS "
+                    f"needs the server's own certificate and key too")
+        return None
+    if not _setting(settings, "TLS_CERT_FILE") or not _setting(settings, "TLS_KEY_FILE"):
+        missing = "TLS_KEY_FILE" if _setting(settings, "TLS_CERT_FILE") else "TLS_CERT_FILE"
+        return f"{missing} is not set; TLS needs both TLS_CERT_FILE and TLS_KEY_FILE"
+    if require and not client_ca:
+        return ("TLS_REQUIRE_CLIENT_CERT is true but TLS_CLIENT_CA_FILE is not set; mutual TLS "
+                "needs the CA that signs client certificates")
+    if client_ca and not require:
+        # grpcio asks for a client certificate only when it requires one.
+        return ("TLS_CLIENT_CA_FILE is set but TLS_REQUIRE_CLIENT_CERT is false, so clients "
+                "would never be asked for a certificate; set TLS_REQUIRE_CLIENT_CERT = true for "
+                "mutual TLS, or remove TLS_CLIENT_CA_FILE")
+    return None
+
+
+def client_setting_problem(settings: Any) -> str | None:
+    """Why the client's TLS settings cannot work together (no file is read), or ``None``."""
+    cert = bool(_setting(settings, "CLIENT_TLS_CERT_FILE"))
+    if client_tls_enabled(settings) and cert != bool(_setting(settings, "CLIENT_TLS_KEY_FILE")):
+        missing = "CLIENT_TLS_KEY_FILE" if cert else "CLIENT_TLS_CERT_FILE"
+        return (f"{missing} is not set; a client certificate needs both CLIENT_TLS_CERT_FILE "
+                f"and CLIENT_TLS_KEY_FILE")
+    return None
+
+
 def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
     """TLS credentials for the server, or ``None`` to serve plaintext (if ALLOW_PLAINTEXT).
 
     With TLS_REQUIRE_CLIENT_CERT and TLS_CLIENT_CA_FILE, every client must present a
     certificate signed by that CA (mutual TLS).
     """
-    client_ca = read_pem(settings, "TLS_CLIENT_CA_FILE")
-    require = bool(_setting(settings, "TLS_REQUIRE_CLIENT_CERT", False))
+    if problem := server_setting_problem(settings):
+        raise ImproperlyConfigured(problem)
     if not server_tls_enabled(settings):
-        if client_ca is not None or require:
-            name = "TLS_CLIENT_CA_FILE" if client_ca is not None else "TLS_REQUIRE_CLIENT_CERT"
-            raise ImproperlyConfigured(
-                f"{name} is set but TLS_CERT_FILE and TLS_KEY_FILE are not; mutual TLS "
-                f"needs the server's own certificate and key too"
-            )
         refuse_plaintext(settings, "server")
         return None
     cert = read_pem(settings, "TLS_CERT_FILE")
     key = read_pem(settings, "TLS_KEY_FILE")
-    if cert is None or key is None:
-        missing = "TLS_KEY_FILE" if cert is not None else "TLS_CERT_FILE"
-        raise ImproperlyConfigured(
-            f"{missing} is not set; TLS needs both TLS_CERT_FILE and TLS_KEY_FILE"
-        )
-    if require and client_ca is None:
-        raise ImproperlyConfigured(
-            "TLS_REQUIRE_CLIENT_CERT is true but TLS_CLIENT_CA_FILE is not set; mutual TLS "
-            "needs the CA that signs client certificates"
-        )
-    if client_ca is not None and not require:
-        # grpcio asks for a client certificate only when it requires one.
-        raise ImproperlyConfigured(
-            "TLS_CLIENT_CA_FILE is set but TLS_REQUIRE_CLIENT_CERT is false, so clients would "
-            "never be asked for a certificate; set TLS_REQUIRE_CLIENT_CERT = true for mutual "
-            "TLS, or remove TLS_CLIENT_CA_FILE"
-        )
+    client_ca = read_pem(settings, "TLS_CLIENT_CA_FILE")
+    require = bool(_setting(settings, "TLS_REQUIRE_CLIENT_CERT", False))
+    assert cert is not None and key is not None, "server_setting_problem checked both"
     try:
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=client_ca, require_client_auth=require
@@ -107,18 +122,12 @@ def channel_credentials(settings: Any) -> grpc.ChannelCredentials | None:
     if not client_tls_enabled(settings):
         refuse_plaintext(settings, "client")
         return None
-    cert = read_pem(settings, "CLIENT_TLS_CERT_FILE")
-    key = read_pem(settings, "CLIENT_TLS_KEY_FILE")
-    if (cert is None) != (key is None):
-        missing = "CLIENT_TLS_KEY_FILE" if cert is not None else "CLIENT_TLS_CERT_FILE"
-        raise ImproperlyConfigured(
-            f"{missing} is not set; a client certificate needs both CLIENT_TLS_CERT_FILE "
-            f"and CLIENT_TLS_KEY_FILE"
-        )
+    if problem := client_setting_problem(settings):
+        raise ImproperlyConfigured(problem)
     return grpc.ssl_channel_credentials(
         root_certificates=read_pem(settings, "CLIENT_TLS_CA_FILE"),
-        private_key=key,
-        certificate_chain=cert,
+        private_key=read_pem(settings, "CLIENT_TLS_KEY_FILE"),
+        certificate_chain=read_pem(settings, "CLIENT_TLS_CERT_FILE"),
     )
 
 

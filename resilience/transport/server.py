@@ -3,16 +3,25 @@
 Each method's stack is built on its first call and kept, so the per-call cost is a dict
 lookup plus the stack. Health and reflection are not app methods and bypass the stack, so
 a saturated server still answers its health checks.
+
+A stacked method is registered with grpc without its request deserializer: the entry
+parses the request itself, so that a request that does not parse still runs through the
+stack (as an ``UndecodableRequest``, which the terminal answers with grpcio's sync
+server's INTERNAL instead of calling the servicer) and every layer sees it and its
+status. grpc would answer it before any handler runs: the sync server with INTERNAL
+unseen by the stack, grpc.aio with UNKNOWN and the text of the parser's exception.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import grpc
+import structlog
 
 # The sync server's per-call state: what the stack reads on the happy path (pinned by
 # tests/test_server_status.py), since grpc's code() and is_active() cost three frames.
@@ -25,6 +34,8 @@ from resilience.core.errors import ImproperlyConfigured, RpcStatusError, cancell
 from resilience.core.middleware import Handler, Middleware
 from resilience.metrics.recorder import recorder_for
 
+log = structlog.get_logger(__name__)
+
 # ServicerContext.time_remaining() reports a deadline-less call as decades away.
 _NO_DEADLINE = 1e8
 _monotonic = time.monotonic
@@ -35,6 +46,63 @@ _HANDLER_FACTORIES: dict[CallKind, Callable[..., grpc.RpcMethodHandler]] = {
     CallKind.STREAM_UNARY: grpc.stream_unary_rpc_method_handler,
     CallKind.STREAM_STREAM: grpc.stream_stream_rpc_method_handler,
 }
+
+
+#: What grpcio's sync server tells a client whose request it cannot deserialize, with
+#: INTERNAL (gRPC's status for "error parsing request proto"): no parser text reaches it.
+UNDECODABLE_DETAILS = "Exception deserializing request!"
+
+
+class UndecodableRequestError(RpcStatusError):
+    """INTERNAL for a request message the method's deserializer refused, as grpcio's sync
+    server answers it. Raised by the terminal for an ``UndecodableRequest``, and into the
+    servicer by a request stream whose next message does not parse."""
+
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.INTERNAL, UNDECODABLE_DETAILS, retryable=False)
+
+
+class UndecodableRequest:
+    """``call.request`` of a call whose request did not deserialize: the bytes that came
+    and the parser's error (for the server's log, never the client). Middleware see the
+    call as any other; the terminal answers it with ``UndecodableRequestError`` and never
+    calls the servicer. A middleware that reads request fields must check for it."""
+
+    __slots__ = ("data", "error")
+
+    def __init__(self, data: bytes, error: Exception) -> None:
+        self.data = data
+        # Without its traceback, which holds the entry's frame, which holds this.
+        self.error = error.with_traceback(None)
+
+    def refuse(self, call: Call) -> UndecodableRequestError:
+        """The terminal's answer, logged with what the parser said."""
+        log.info("request_undecodable", method=call.method, size=len(self.data),
+                 error=f"{type(self.error).__name__}: {self.error}")
+        return UndecodableRequestError()
+
+    def __repr__(self) -> str:
+        return f"<UndecodableRequest {len(self.data)} bytes: {self.error!r}>"
+
+
+def request_parser(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """What an entry parses a request with: the method's deserializer, or, for a method
+    registered without one, ``bytes``, which returns the bytes object it is given (a C
+    call: no frame on the per-call path)."""
+    return bytes if deserializer is None else deserializer
+
+
+def parsed_stream(requests: Iterable[bytes], parse: Callable[[bytes], Any]
+                  ) -> Iterator[Any]:
+    """A sync request stream, each message parsed; one that does not parse raises
+    ``UndecodableRequestError`` into the servicer, which ends the call with it unless the
+    servicer catches it (grpcio's sync server would answer INTERNAL then, unseen)."""
+    for data in requests:
+        try:
+            request = parse(data)
+        except Exception:
+            raise UndecodableRequestError() from None
+        yield request
 
 
 def _behavior(handler: grpc.RpcMethodHandler, kind: CallKind) -> Callable[[Any, Any], Any]:
@@ -118,6 +186,8 @@ def _terminal(behavior: Callable[[Any, Any], Any], kind: CallKind) -> Handler:
     if kind.response_streaming:
 
         def stream(call: Call) -> Iterator[Any]:
+            if call.request.__class__ is UndecodableRequest:
+                raise call.request.refuse(call)
             state = call.context._state
             stopped = False
             try:
@@ -143,8 +213,11 @@ def _terminal(behavior: Callable[[Any, Any], Any], kind: CallKind) -> Handler:
 
     def unary(call: Call) -> Any:
         context = call.context
+        request = call.request
+        if request.__class__ is UndecodableRequest:  # one comparison, no frame
+            raise request.refuse(call)
         try:
-            response = behavior(call.request, context)
+            response = behavior(request, context)
         except Exception as exc:
             if (failed := raised(call, exc, _gone(call))) is None:
                 raise
@@ -206,11 +279,20 @@ def make_call(method: str, kind: CallKind, request: Any, context: Any) -> Call:
     )
 
 
-def _entry(chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], Any]:
-    """The function grpc calls per RPC: build the Call, run the stack, report its status."""
+def _entry(chain: Handler, method: str, kind: CallKind,
+           deserializer: Callable[[bytes], Any] | None) -> Callable[[Any, Any], Any]:
+    """The function grpc calls per RPC: parse the request (grpc hands over its bytes), build
+    the Call, run the stack, report its status."""
+    if kind.request_streaming:
+        return _stream_request_entry(chain, method, kind, deserializer)
+    parse = request_parser(deserializer)
     if kind.response_streaming:
 
-        def serve_stream(request: Any, context: Any) -> Iterator[Any]:
+        def serve_stream(data: bytes, context: Any) -> Iterator[Any]:
+            try:
+                request = parse(data)
+            except Exception as exc:
+                request = UndecodableRequest(data, exc)
             status = None
             try:
                 responses = iter(chain(make_call(method, kind, request, context)))
@@ -229,9 +311,55 @@ def _entry(chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], 
 
         return serve_stream
 
-    def serve(request: Any, context: Any) -> Any:
+    def serve(data: bytes, context: Any) -> Any:
+        # Parsed here rather than by grpc: no more frames than grpc's own parse step.
+        try:
+            request = parse(data)
+        except Exception as exc:
+            request = UndecodableRequest(data, exc)
         try:
             return chain(make_call(method, kind, request, context))
+        except ServicerStatus as exc:
+            status = exc
+        except RpcStatusError as exc:
+            return _abort(context, exc)
+        return _replay(context, status)
+
+    return serve
+
+
+def _stream_request_entry(chain: Handler, method: str, kind: CallKind,
+                          parse: Callable[[bytes], Any] | None) -> Callable[[Any, Any], Any]:
+    """``_entry`` for a request stream, whose messages are parsed as the servicer reads
+    them (``parsed_stream``), unless the method takes raw bytes (``parse`` is None)."""
+    # C callables either way, so no frame per call: grpc's request iterator is its own iter.
+    requests_of: Callable[[Iterable[bytes]], Iterable[Any]] = (
+        iter if parse is None else functools.partial(parsed_stream, parse=parse)
+    )
+
+    if kind.response_streaming:
+
+        def serve_stream(requests: Iterable[bytes], context: Any) -> Iterator[Any]:
+            status = None
+            try:
+                responses = iter(chain(make_call(method, kind, requests_of(requests), context)))
+                for response in responses:  # noqa: UP028 (see _entry)
+                    yield response
+            except GeneratorExit:
+                _stop(responses)
+                raise
+            except ServicerStatus as exc:
+                status = exc
+            except RpcStatusError as exc:
+                _abort(context, exc)
+            if status is not None:
+                _replay(context, status)
+
+        return serve_stream
+
+    def serve(requests: Iterable[bytes], context: Any) -> Any:
+        try:
+            return chain(make_call(method, kind, requests_of(requests), context))
         except ServicerStatus as exc:
             status = exc
         except RpcStatusError as exc:
@@ -266,8 +394,15 @@ class StackInterceptor:
                   ) -> Handler:
         raise NotImplementedError
 
-    def _entry(self, chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], Any]:
+    def _entry(self, chain: Handler, method: str, kind: CallKind,
+               deserializer: Callable[[bytes], Any] | None) -> Callable[[Any, Any], Any]:
         raise NotImplementedError
+
+    def _request_deserializer(self, kind: CallKind, deserializer: Callable[[bytes], Any] | None
+                              ) -> Callable[[bytes], Any] | None:
+        """The deserializer grpc is given for the stacked method: none, so that grpc hands
+        the request's bytes to the entry, which parses them inside the stack."""
+        return None
 
     def _stacked(self, full: str, handler: grpc.RpcMethodHandler | None) -> Any:
         """``handler`` (the one grpc found for ``full``) inside the stack, if it is an app's."""
@@ -292,9 +427,10 @@ class StackInterceptor:
             metrics=recorder_for(self._resolver.settings, "server", method),
         )
         self.middleware[method] = used
+        deserializer = handler.request_deserializer
         return _HANDLER_FACTORIES[kind](
-            self._entry(chain, method, kind),
-            request_deserializer=handler.request_deserializer,
+            self._entry(chain, method, kind, deserializer),
+            request_deserializer=self._request_deserializer(kind, deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -306,8 +442,9 @@ class ChainInterceptor(StackInterceptor, grpc.ServerInterceptor):
                   ) -> Handler:
         return _terminal(behavior, kind)
 
-    def _entry(self, chain: Handler, method: str, kind: CallKind) -> Callable[[Any, Any], Any]:
-        return _entry(chain, method, kind)
+    def _entry(self, chain: Handler, method: str, kind: CallKind,
+               deserializer: Callable[[bytes], Any] | None) -> Callable[[Any, Any], Any]:
+        return _entry(chain, method, kind, deserializer)
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,18 +23,29 @@ from resilience.transport.server import ChainInterceptor, StackInterceptor
 log = structlog.get_logger(__name__)
 
 
+# grpcio sets SO_REUSEPORT on a server's sockets by default, so a second server on a
+# taken port binds silently and the kernel spreads new connections between the two. Our
+# servers turn it off: a taken address is refused when the server is built.
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+
+
 def listen(
     grpc_server: Any, address: str, interceptor: StackInterceptor,
-    credentials: grpc.ServerCredentials | None = None,
+    credentials: grpc.ServerCredentials | None = None, source: str = "SERVER_ADDRESS",
 ) -> tuple[int, str]:
     """Bind ``address`` (with TLS if ``credentials``); return the port and the address as
-    bound."""
-    if credentials is None:
-        port = grpc_server.add_insecure_port(address)
-    else:
-        port = grpc_server.add_secure_port(address, credentials)
+    bound. ``source`` names where the address came from, for the error message."""
+    try:
+        if credentials is None:
+            port = grpc_server.add_insecure_port(address)
+        else:
+            port = grpc_server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpcio >= 1.52 raises where older versions returned 0
+        port = 0
     if port == 0:
-        raise ImproperlyConfigured(f"cannot listen on '{address}' (SERVER_ADDRESS)")
+        raise ImproperlyConfigured(
+            f"cannot listen on {address} ({source}): {bind_problem(address)}"
+        )
     bound = f"{address.rpartition(':')[0]}:{port}"
     # Stacks are built on first call, after binding: give them the bound address, not the
     # requested one (whose port may be 0).
@@ -40,10 +53,33 @@ def listen(
     return port, bound
 
 
+def bind_problem(address: str) -> str:
+    """Why ``address`` (HOST:PORT) cannot be bound, found by binding it as grpc does
+    (SO_REUSEADDR, no SO_REUSEPORT); grpc itself only says that it failed."""
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, ValueError) as exc:
+        return f"it is not a HOST:PORT that resolves ({exc})"
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return ("the address is already in use (another process, perhaps another "
+                            "server, listens there); stop it or choose another address")
+                return exc.strerror or str(exc)
+    return "grpc could not bind it"
+
+
 class Server:
     """A grpc server serving every installed app, with graceful, health-aware shutdown."""
 
-    def __init__(self, settings: Settings, apps: Apps, address: str) -> None:
+    def __init__(self, settings: Settings, apps: Apps, address: str,
+                 source: str = "SERVER_ADDRESS") -> None:
         self.settings = settings
         self.interceptor = ChainInterceptor(
             ChainResolver(settings, is_async=False), set(apps.methods()), address
@@ -51,6 +87,7 @@ class Server:
         self.grpc_server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.SERVER_MAX_WORKERS),
             interceptors=[self.interceptor],
+            options=SERVER_OPTIONS,
         )
         for service in apps.services():
             service.add_to_server(service.servicer(settings), self.grpc_server)
@@ -63,7 +100,7 @@ class Server:
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc_server
         )
         self.port, self.address = listen(
-            self.grpc_server, address, self.interceptor, server_credentials(settings)
+            self.grpc_server, address, self.interceptor, server_credentials(settings), source
         )
 
     def start(self) -> None:

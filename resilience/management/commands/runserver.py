@@ -8,7 +8,7 @@ import signal
 import threading
 from typing import Any, TypeVar
 
-from resilience.conf.validation import security_checks
+from resilience.conf.addresses import bind_address_problem
 from resilience.core.errors import ImproperlyConfigured
 from resilience.management.base import BaseCommand, CommandError, add_asyncio_option
 from resilience.metrics.exposition import MetricsEndpoint, serve_metrics
@@ -28,17 +28,18 @@ class Command(BaseCommand):
         add_asyncio_option(parser)
 
     def handle(self, **options: Any) -> int:
-        if errors := [m for m in security_checks(self.settings, ("server",)) if m.is_error]:
-            self.report(errors)  # plaintext refused, or TLS settings that cannot work
-            raise CommandError(f"refusing to start: {len(errors)} configuration error(s); "
-                               f"run 'manage.py check' for the full list")
+        self.refuse_insecure("server")  # plaintext refused, or TLS settings that cannot work
         address = options["address"] or self.settings.SERVER_ADDRESS
+        if options["address"] and (problem := bind_address_problem(address)):
+            # SERVER_ADDRESS is checked with the settings; the argument the same way.
+            raise CommandError(f"runserver's HOST:PORT is {address!r}; {problem}")
+        source = "runserver's HOST:PORT" if options["address"] else "SERVER_ADDRESS"
         metrics = self._serve_metrics()
         try:
             if self.settings.ASYNCIO:
-                asyncio.run(self._serve_async(address))
+                asyncio.run(self._serve_async(address, source))
             else:
-                self._serve(address)
+                self._serve(address, source)
         finally:
             if metrics is not None:
                 metrics.stop()
@@ -55,8 +56,8 @@ class Command(BaseCommand):
         self.write(f"metrics at {endpoint.url}")
         return endpoint
 
-    def _serve(self, address: str) -> None:
-        server = self._build(Server, address)
+    def _serve(self, address: str, source: str) -> None:
+        server = self._build(Server, address, source)
         stop = threading.Event()
         for signum in SIGNALS:
             signal.signal(signum, lambda *_: stop.set())
@@ -65,8 +66,8 @@ class Command(BaseCommand):
         stop.wait()
         server.stop()
 
-    async def _serve_async(self, address: str) -> None:
-        server = self._build(AioServer, address)
+    async def _serve_async(self, address: str, source: str) -> None:
+        server = self._build(AioServer, address, source)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in SIGNALS:
@@ -80,10 +81,10 @@ class Command(BaseCommand):
         if calls := asyncio.all_tasks() - {asyncio.current_task()}:
             await asyncio.wait(calls, timeout=1.0)
 
-    def _build(self, server_class: type[S], address: str) -> S:
+    def _build(self, server_class: type[S], address: str, source: str) -> S:
         assert self.apps is not None
         try:
-            return server_class(self.settings, self.apps, address)
+            return server_class(self.settings, self.apps, address, source)
         except (ImproperlyConfigured, RuntimeError) as exc:
             raise CommandError(f"cannot start the server: {exc}") from None
 

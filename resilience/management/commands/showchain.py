@@ -12,10 +12,11 @@ from resilience.conf.chains import ChainResolver
 from resilience.core.call import Call, CallKind, Side
 from resilience.core.chain import MiddlewareSpec, build_chain
 from resilience.management.base import BaseCommand, CommandError
+from resilience.metrics.recorder import recorder_for
 
 
 def _hidden(value: Any) -> str:
-    """Secret options (tokens) are never printed, as Django hides secret settings: a
+    """A secret option (a token) is never printed, as Django hides secret settings: a
     table keeps its keys (identities), a string shows only whether it is set."""
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k!r}: '********'" for k in value) + "}"
@@ -29,6 +30,12 @@ def _show(value: Any) -> str:
         items = sorted(v.name if isinstance(v, grpc.StatusCode) else str(v) for v in value)
         return "[" + ", ".join(items) + "]"
     return repr(value)
+
+
+def _shown(field: dataclasses.Field[Any], value: Any) -> str:
+    """An option's value as printed: masked when its declaration says it is secret
+    (``option(..., secret=True)``), whatever its name."""
+    return _hidden(value) if field.metadata.get("secret") else _show(value)
 
 
 def _unused_terminal(call: Call) -> None:
@@ -57,35 +64,40 @@ class Command(BaseCommand):
         kinds = self.apps.methods()
         sides = [options["side"]] if options["side"] else ["client", "server"]
         for side in sides:
+            # One dict per side, as one channel (or one server) shares it between methods.
+            shared: dict[str, Any] = {"settings": self.settings}
             for method in methods:
                 setting, _ = resolver.middleware_setting(side, method)
                 self.write(f"{side} {method}  (from {setting})")
                 specs = resolver.resolve(side, method)
                 if not specs:
                     self.write("  (no middleware)")
-                built = self._built(resolver, specs, side, method, kinds[method])
+                left_out = self._left_out(resolver, specs, side, method, kinds[method], shared)
                 for position, spec in enumerate(specs, 1):
-                    fields = dataclasses.fields(spec.options)
-                    shown = ", ".join(
-                        f"{f.name}={_hidden(getattr(spec.options, f.name))}"
-                        if "token" in f.name else
-                        f"{f.name}={_show(getattr(spec.options, f.name))}"
-                        for f in fields
-                    )
-                    if spec.factory not in built:
-                        shown = "(left out of this chain: MiddlewareNotUsed for this method)"
+                    if spec.path in left_out:
+                        reason = left_out[spec.path] or "MiddlewareNotUsed, no reason given"
+                        shown = f"(left out of this chain: {reason})"
+                    else:
+                        shown = ", ".join(
+                            f"{f.name}={_shown(f, getattr(spec.options, f.name))}"
+                            for f in dataclasses.fields(spec.options)
+                        )
                     self.write(f"  {position}. {spec.name} ({spec.path}) {shown}".rstrip())
                 self.write()
         return 0
 
-    def _built(self, resolver: ChainResolver, specs: list[MiddlewareSpec], side: Side,
-               method: str, kind: CallKind) -> set[type]:
-        """The classes that really take part when the chain is built: a middleware may
-        leave a method's chain at build time (Retry on a method not marked idempotent)."""
-        _, used = build_chain(
-            specs, _unused_terminal, method=method, kind=kind, side=side,
-            shared={"settings": resolver.settings},
-            is_async=resolver.is_async, idempotent=resolver.is_idempotent(method),
+    def _left_out(self, resolver: ChainResolver, specs: list[MiddlewareSpec], side: Side,
+                  method: str, kind: CallKind, shared: dict[str, Any]) -> dict[str, str]:
+        """Build the chain as the client's channel or the server's interceptor builds it
+        (same idempotency, same metrics recorder, same mode) and return the paths that left
+        it (``MiddlewareNotUsed``) with their reasons: Retry leaves a method not marked
+        idempotent, Metrics every chain while METRICS_ENABLED is false."""
+        left_out: dict[str, str] = {}
+        target = self.settings.CLIENT_TARGET if side == "client" else self.settings.SERVER_ADDRESS
+        build_chain(
+            specs, _unused_terminal, method=method, kind=kind, side=side, shared=shared,
+            target=target, is_async=resolver.is_async,
+            idempotent=resolver.is_idempotent(method),
+            metrics=recorder_for(self.settings, side, method), left_out=left_out,
         )
-        # A factory may build a subclass (CircuitBreaker with storage = "redis").
-        return {cls for instance in used for cls in type(instance).__mro__}
+        return left_out

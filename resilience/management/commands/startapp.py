@@ -3,7 +3,8 @@
 Run from the project root (the folder with ``manage.py`` and ``apps/``). The app is
 rendered from ``resilience/conf/app_template`` into ``apps/NAME/``, its stubs are generated,
 and ``"apps.NAME"`` is added to ``[default]``'s INSTALLED_APPS when the settings file writes
-that list plainly; otherwise the command prints the line to add.
+that list plainly; otherwise the command prints the line to add. If the stubs cannot be
+generated (no grpcio-tools), nothing is left behind and the command exits 1.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import re
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -120,13 +122,21 @@ class Command(BaseCommand):
         app = apps / name
         render_tree(TEMPLATES / "app_template", app,
                     {"app_name": name, "camel_name": camel, "service": f"{camel}Service"})
-        self.write(f"created apps/{name} with {name}.{camel}Service (Echo and Repeat)")
         try:
             generate(app_protos(app), root)
-            self.write(f"generated its stubs in apps/{name}/protos")
-        except ImproperlyConfigured as exc:
-            self.stderr.write(f"stubs not generated ({exc}); then run "
-                              f"'python manage.py genproto apps.{name}'\n")
+        except BaseException as exc:
+            # An app without its stubs cannot be imported, so installing it would break
+            # every command: leave nothing behind, and let startapp be run again.
+            shutil.rmtree(app, ignore_errors=True)
+            if isinstance(exc, ImproperlyConfigured):
+                raise CommandError(
+                    f"stubs not generated ({exc}); apps/{name} was not created and "
+                    f"INSTALLED_APPS is unchanged: run 'python manage.py startapp {name}' "
+                    f"again once that is fixed"
+                ) from None
+            raise
+        self.write(f"created apps/{name} with {name}.{camel}Service (Echo and Repeat)")
+        self.write(f"generated its stubs in apps/{name}/protos")
         self.write(add_installed_app(settings, f"apps.{name}"))
         self.write(f"try: python manage.py runserver, then python manage.py call_{name} echo hi;"
                    f" test: pytest apps/{name}/tests.py")

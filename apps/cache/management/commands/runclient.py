@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import grpc
@@ -15,14 +15,14 @@ from rich.live import Live
 from rich.table import Table
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
-from resilience.conf.validation import security_checks
 from resilience.core.errors import ImproperlyConfigured, status_of
 from resilience.loadgen import LoadResult, run_load, run_load_async
 from resilience.management.base import (
     BaseCommand,
     CommandError,
     add_asyncio_option,
-    global_options,
+    add_target_option,
+    subcommand_options,
 )
 from resilience.metrics.exposition import MetricsEndpoint, serve_metrics
 from resilience.middleware import CircuitBreaker, Retry
@@ -43,16 +43,17 @@ class Command(BaseCommand):
     requires_checks = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--target", help="HOST:PORT (default: CLIENT_TARGET)")
+        add_target_option(parser)
         add_asyncio_option(parser)
         sub = parser.add_subparsers(dest="action", required=True)
-        common = [global_options()]
+        # The common options work after the subcommand too: runclient get k --target X.
+        common = [subcommand_options()]
         get = sub.add_parser("get", help="print the value of KEY", parents=common)
         get.add_argument("key")
         store = sub.add_parser("store", help="store VALUE under KEY", parents=common)
         store.add_argument("key")
         store.add_argument("value")
-        dump = sub.add_parser("dump", help="print every key and value", parents=common)
+        sub.add_parser("dump", help="print every key and value", parents=common)
         load = sub.add_parser("load", help="drive load and print a summary", parents=common)
         load.add_argument("--method", choices=["get", "store"], default="get")
         load.add_argument("--rate", type=float, default=200.0, help="calls per second")
@@ -62,14 +63,9 @@ class Command(BaseCommand):
         load.add_argument("--keys", type=int, default=100, help="distinct keys to use")
         load.add_argument("--metrics-hold", type=float, default=0.0, metavar="SECONDS",
                           help="keep /metrics up this long after the summary, for a last scrape")
-        for subcommand in (get, store, dump, load):
-            add_asyncio_option(subcommand, argparse.SUPPRESS)
 
     def handle(self, **options: Any) -> int:
-        if errors := [m for m in security_checks(self.settings, ("client",)) if m.is_error]:
-            self.report(errors)  # plaintext refused, or TLS settings that cannot work
-            raise CommandError(f"refusing to start: {len(errors)} configuration error(s); "
-                               f"run 'manage.py check' for the full list")
+        self.refuse_insecure("client")  # plaintext refused, or TLS settings that cannot work
         target = options["target"] or self.settings.CLIENT_TARGET
         metrics = self._serve_metrics() if options["action"] == "load" else None
         try:
@@ -117,14 +113,16 @@ class Command(BaseCommand):
             else:
                 pace = self._pace(options)
                 method, send, prefill = self._load_plan(stub, options)
+                used = used_methods(method, prefill)
+                before = dict(breaker_states(channel, used))
                 try:
                     for request in prefill:
                         stub.Store(request)
                 except grpc.RpcError as exc:
                     self._prefill_failed(exc)
-                with self._progress(channel, method, options) as progress:
+                with self._progress(channel, method, used, options) as progress:
                     result = run_load(send, **pace, progress=progress)
-                self._write_summary(channel, method, result)
+                self._write_summary(channel, method, used, before, result)
 
     async def _handle_async(self, target: str, options: dict[str, Any]) -> None:
         async with aio_connect(target, self.settings) as channel:
@@ -141,14 +139,16 @@ class Command(BaseCommand):
             else:
                 pace = self._pace(options)
                 method, send, prefill = self._load_plan(stub, options)
+                used = used_methods(method, prefill)
+                before = dict(breaker_states(channel, used))
                 try:
                     for request in prefill:
                         await stub.Store(request)
                 except grpc.RpcError as exc:
                     self._prefill_failed(exc)
-                with self._progress(channel, method, options) as progress:
+                with self._progress(channel, method, used, options) as progress:
                     result = await run_load_async(send, **pace, progress=progress)
-                self._write_summary(channel, method, result)
+                self._write_summary(channel, method, used, before, result)
 
     def _prefill_failed(self, exc: grpc.RpcError) -> None:
         """A load against a failing server is worth running: say so, and go on."""
@@ -196,19 +196,25 @@ class Command(BaseCommand):
 
     @contextlib.contextmanager
     def _progress(
-        self, channel: ChainedChannel, method: str, options: dict[str, Any]
+        self, channel: ChainedChannel, method: str, used: set[str], options: dict[str, Any]
     ) -> Iterator[Callable[[LoadResult], None]]:
-        """A live progress line, with each method's breaker state, while the load runs; it
-        goes when the run ends."""
+        """A live progress line, with the breaker state of each method the load calls,
+        while the load runs; it goes when the run ends."""
         total = int(options["rate"] * options["duration"])
         with Live(console=Console(file=self.stdout), transient=True,
                   refresh_per_second=4) as live:
-            yield lambda r: live.update(progress_line(method, total, r, channel))
+            yield lambda r: live.update(progress_line(method, total, r, channel, used))
 
-    def _write_summary(self, channel: ChainedChannel, method: str, result: LoadResult) -> None:
-        Console(file=self.stdout).print(self._summary(channel, f"{SERVICE}/{method}", result))
+    def _write_summary(self, channel: ChainedChannel, method: str, used: set[str],
+                       before: dict[str, str], result: LoadResult) -> None:
+        table = self._summary(channel, f"{SERVICE}/{method}", used, before, result)
+        Console(file=self.stdout).print(table)
 
-    def _summary(self, channel: ChainedChannel, method: str, result: LoadResult) -> Table:
+    def _summary(self, channel: ChainedChannel, method: str, used: set[str],
+                 before: dict[str, str], result: LoadResult) -> Table:
+        """The load's figures, and the breakers of the methods it called (only those: a
+        stub builds every method's chain, but a Get load says nothing of Dump's breaker),
+        with the state each had before the load when it changed."""
         table = Table(title=f"runclient load: {method}", show_header=False)
         table.add_column("measure")
         table.add_column("value", justify="right")
@@ -223,25 +229,37 @@ class Command(BaseCommand):
         chain = channel.middleware.get(method, [])
         retries = sum(m.retries for m in chain if isinstance(m, Retry))
         table.add_row("retries", str(retries))
-        for name, state in breaker_states(channel):
-            table.add_row(f"breaker {name}", state)
+        for name, state in breaker_states(channel, used):
+            was = before.get(name, state)
+            table.add_row(f"breaker {name}", state if was == state else f"{was} → {state}")
         return table
 
 
-def breaker_states(channel: ChainedChannel) -> list[tuple[str, str]]:
-    """(method, state) of every circuit breaker on ``channel``, live, sorted by method."""
+def used_methods(method: str, prefill: list[Any]) -> set[str]:
+    """The full names of the methods a load calls: the one under load, and Store when
+    the load stores its keys first."""
+    return {f"{SERVICE}/{method}"} | ({f"{SERVICE}/Store"} if prefill else set())
+
+
+def breaker_states(channel: ChainedChannel,
+                   methods: Collection[str] | None = None) -> list[tuple[str, str]]:
+    """(method, state) of every circuit breaker on ``channel`` (of ``methods`` only, if
+    given), live, sorted by method."""
     return [
         (name, m.state)
         for name, chain in sorted(channel.middleware.items())
+        if methods is None or name in methods
         for m in chain
         if isinstance(m, CircuitBreaker)
     ]
 
 
-def progress_line(method: str, total: int, result: LoadResult, channel: ChainedChannel) -> str:
-    """The live view of a load: progress, and each method's breaker state right now."""
+def progress_line(method: str, total: int, result: LoadResult, channel: ChainedChannel,
+                  methods: Collection[str] | None = None) -> str:
+    """The live view of a load: progress, and the breaker state of each method in
+    ``methods`` (default: every method on the channel) right now."""
     line = f"{method}: {result.calls}/{total} calls, {result.successes} ok"
-    if states := breaker_states(channel):
+    if states := breaker_states(channel, methods):
         line += "; breakers: " + ", ".join(
             f"{name.rpartition('/')[2]} {state}" for name, state in states
         )
