@@ -64,10 +64,9 @@ from benchmarks._common import (
     round_ratio_medians,
     server_process,
 )
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.conf.settings import Settings
 from resilience.core.call import Call, CallKind
-from resilience.core.chain import build_chain
 from resilience.transport.aio_client import AioResilientChannel, aio_connect
 from resilience.transport.client import connect
 
@@ -303,22 +302,18 @@ def measure_in_process(
 ) -> dict[str, Any]:
     """Nanoseconds per awaited call, best of ``inproc_repeat``, with no network at all."""
     response = cache_pb2.GetResp(value=VALUE)
-    resolver = ChainResolver(settings, is_async=True)
-    specs = resolver.resolve("client", METHOD)
-    if resolver.problems:
-        raise RuntimeError("; ".join(p.msg for p in resolver.problems))
-
     async def constant(call: Call) -> Any:
         return response
 
-    chain, used = build_chain(
-        specs, constant, method=METHOD, kind=CallKind.UNARY_UNARY, side="client", shared={},
-        target="bench", is_async=True, idempotent=True,
-    )
-    if len(used) != len(specs):
-        raise RuntimeError(f"the in-process chain lost middleware: built {used} from {specs}")
+    factory = ChainFactory(settings, "client", is_async=True, target="bench")
+    chain = factory.build(METHOD, CallKind.UNARY_UNARY, constant, idempotent=True)
+    specs = factory.specs(METHOD)
+    if len(factory.middleware[METHOD]) != len(specs):
+        raise RuntimeError(f"the in-process chain lost middleware: built "
+                           f"{factory.middleware[METHOD]} from {specs}")
     channel = AioResilientChannel(
-        _ConstantAioChannel(response), ChainResolver(settings, is_async=True), "bench"
+        _ConstantAioChannel(response),
+        ChainFactory(settings, "client", is_async=True, target="bench"),
     )
     stub_get = cache_pb2_grpc.CacheServiceStub(channel).Get
     call = Call(METHOD, CallKind.UNARY_UNARY, "client", request)

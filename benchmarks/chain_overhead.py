@@ -63,10 +63,9 @@ from benchmarks._common import (
     rotated,
     server_process,
 )
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.conf.settings import Settings
 from resilience.core.call import Call, CallKind
-from resilience.core.chain import build_chain
 from resilience.transport.client import ResilientChannel, connect
 
 NAME = "chain_overhead"
@@ -256,22 +255,19 @@ class _ConstantChannel(grpc.Channel):
 def measure_in_process(settings: Settings, request: Any, plan: OverheadPlan) -> dict[str, Any]:
     """Nanoseconds per call, best of ``inproc_repeat``, with no network at all."""
     response = cache_pb2.GetResp(value=VALUE)
-    resolver = ChainResolver(settings)
-    specs = resolver.resolve("client", METHOD)
-    if resolver.problems:
-        raise RuntimeError("; ".join(p.msg for p in resolver.problems))
     kind = CallKind.UNARY_UNARY
 
     def constant(call: Call) -> Any:
         return response
 
-    chain, used = build_chain(
-        specs, constant, method=METHOD, kind=kind, side="client", shared={}, target="bench",
-        idempotent=True,
-    )
-    if len(used) != len(specs):
-        raise RuntimeError(f"the in-process chain lost middleware: built {used} from {specs}")
-    channel = ResilientChannel(_ConstantChannel(response), ChainResolver(settings), "bench")
+    factory = ChainFactory(settings, "client", target="bench")
+    chain = factory.build(METHOD, kind, constant, idempotent=True)
+    specs = factory.specs(METHOD)
+    if len(factory.middleware[METHOD]) != len(specs):
+        raise RuntimeError(f"the in-process chain lost middleware: built "
+                           f"{factory.middleware[METHOD]} from {specs}")
+    channel = ResilientChannel(_ConstantChannel(response),
+                               ChainFactory(settings, "client", target="bench"))
     stub_get = cache_pb2_grpc.CacheServiceStub(channel).Get
     inner = _ConstantChannel(response)._constant()
     retrying = _tenacity_retrying()

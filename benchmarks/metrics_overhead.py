@@ -47,11 +47,9 @@ from benchmarks._common import (
     round_ratio_medians,
     server_process,
 )
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.conf.settings import Settings
 from resilience.core.call import Call, CallKind
-from resilience.core.chain import build_chain
-from resilience.metrics.recorder import recorder_for
 from resilience.transport.client import connect
 
 NAME = "metrics_overhead"
@@ -130,11 +128,8 @@ def measure_latency(gets: dict[str, Callable[[Any], Any]], request: Any, plan: P
 
 
 def _chain(settings: Settings, side: str, terminal: Callable[[Call], Any]) -> Any:
-    specs = ChainResolver(settings, is_async=False).resolve(side, METHOD)  # type: ignore[arg-type]
-    chain, _ = build_chain(specs, terminal, method=METHOD, kind=CallKind.UNARY_UNARY,
-                           side=side, shared={},  # type: ignore[arg-type]
-                           idempotent=True, metrics=recorder_for(settings, side, METHOD))
-    return chain
+    factory = ChainFactory(settings, side)  # type: ignore[arg-type]
+    return factory.build(METHOD, CallKind.UNARY_UNARY, terminal, idempotent=True)
 
 
 def measure_in_process(plan: Plan) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.core.errors import ImproperlyConfigured
 from resilience.transport.aio_client import AioResilientChannel, aio_connect
 from resilience.transport.client import ResilientChannel, connect
@@ -175,7 +175,7 @@ def test_a_service_config_retry_policy_multiplies_attempts_and_connect_refuses_i
                 "fail=UNAVAILABLE": connect(server.address, settings),
                 "fail=UNAVAILABLE*99": ResilientChannel(
                     grpc.insecure_channel(server.address, options=options),
-                    ChainResolver(settings),
+                    ChainFactory(settings, "client"),
                 ),
             }
             for key, channel in channels.items():
@@ -196,7 +196,7 @@ async def aio_calls_with_service_config(
         "fail=UNAVAILABLE": aio_connect(address, settings),
         "fail=UNAVAILABLE*99": AioResilientChannel(
             grpc.aio.insecure_channel(address, options=options),
-            ChainResolver(settings, is_async=True),
+            ChainFactory(settings, "client", is_async=True),
         ),
     }
     for key, channel in channels.items():

@@ -17,12 +17,10 @@ from typing import Any
 
 from google.protobuf.descriptor_pb2 import MethodOptions
 
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.conf.settings import Settings
 from resilience.core.call import Call, CallKind
-from resilience.core.chain import build_chain
-from resilience.core.errors import ImproperlyConfigured
-from resilience.core.middleware import Handler, Middleware
+from resilience.core.middleware import Handler
 from resilience.transport.client import CallOptions, normalise_method
 
 #: The continuation of the call in progress, for the terminal to call.
@@ -49,15 +47,12 @@ class Chains:
 
     def __init__(self, settings: Settings, is_async: bool, target: str,
                  terminal: Callable[[str | bytes, CallKind], Handler]) -> None:
-        self._resolver = ChainResolver(settings, is_async=is_async)
-        self._is_async = is_async
-        self._target = target
+        self._factory = ChainFactory(settings, "client", is_async=is_async, target=target)
         self._terminal = terminal
-        self._shared: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._chains: dict[tuple[str | bytes, CallKind], tuple[str, Handler]] = {}
         #: The middleware each method's chain is made of, outermost first.
-        self.middleware: dict[str, list[Middleware]] = {}
+        self.middleware = self._factory.middleware
 
     def get(self, method: str | bytes, kind: CallKind, request: Any) -> tuple[str, Handler]:
         """(normalised name, chain) of ``method`` as grpc names it (str, or bytes on aio)."""
@@ -74,20 +69,11 @@ class Chains:
 
     def _build(self, method: str | bytes, kind: CallKind, request: Any) -> tuple[str, Handler]:
         name = normalise_method(method)
-        specs = self._resolver.resolve("client", name)
-        if errors := [p for p in self._resolver.problems if p.is_error]:
-            raise ImproperlyConfigured(
-                f"client chain for {name}: {'; '.join(p.msg for p in errors)}"
-            )
-        idempotent = self._resolver.is_idempotent(name) or (
+        idempotent = self._factory.resolver.is_idempotent(name) or (
             not kind.request_streaming and _descriptor_idempotent(request, name)
         )
-        chain, used = build_chain(
-            specs, self._terminal(method, kind), method=name, kind=kind, side="client",
-            shared=self._shared, target=self._target, is_async=self._is_async,
-            idempotent=idempotent,
-        )
-        self.middleware[name] = used
+        chain = self._factory.build(name, kind, self._terminal(method, kind),
+                                    idempotent=idempotent)
         return name, chain
 
 

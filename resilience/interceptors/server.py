@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import grpc.aio
 
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.interceptors.settings import SettingsArg, load
 from resilience.transport.aio_server import AioChainInterceptor
 from resilience.transport.server import ChainInterceptor
@@ -28,11 +28,11 @@ def server_interceptor(settings: SettingsArg = None) -> grpc.ServerInterceptor:
     ``grpc.server(..., interceptors=[...])``, one stack per method, built on its first call.
     """
     checked = load(settings, is_async=False)
-    return ChainInterceptor(ChainResolver(checked, is_async=False), _EveryMethod())  # type: ignore[arg-type]
+    return ChainInterceptor(ChainFactory(checked, "server"), _EveryMethod())
 
 
 def aio_server_interceptor(settings: SettingsArg = None) -> grpc.aio.ServerInterceptor:
     """``server_interceptor`` for ``grpc.aio.server``; servicer methods must be coroutine
     functions (``async def``), or async generators for response streams."""
     checked = load(settings, is_async=True)
-    return AioChainInterceptor(ChainResolver(checked, is_async=True), _EveryMethod())  # type: ignore[arg-type]
+    return AioChainInterceptor(ChainFactory(checked, "server", is_async=True), _EveryMethod())

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.core.call import Call, CallKind, CallOptions, CancelScope, new_call
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import Handler
@@ -196,4 +196,6 @@ def aio_connect(
     Without ``credentials`` the channel uses TLS as the CLIENT_TLS_* settings say.
     """
     channel = open_channel(grpc.aio, target, settings, credentials, options)
-    return AioResilientChannel(channel, ChainResolver(settings, is_async=True), target)
+    return AioResilientChannel(
+        channel, ChainFactory(settings, "client", is_async=True, target=target)
+    )

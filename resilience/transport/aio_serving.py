@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from resilience.apps.registry import Apps
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.conf.settings import Settings
 from resilience.core.errors import ImproperlyConfigured
 from resilience.transport.aio_server import AioChainInterceptor, require_async
@@ -29,7 +29,8 @@ class AioServer:
                  source: str = "SERVER_ADDRESS") -> None:
         self.settings = settings
         self.interceptor = AioChainInterceptor(
-            ChainResolver(settings, is_async=True), set(apps.methods()), address
+            ChainFactory(settings, "server", is_async=True, target=address),
+            set(apps.methods()),
         )
         self.grpc_server = grpc.aio.server(interceptors=[self.interceptor],
                                            options=SERVER_OPTIONS)

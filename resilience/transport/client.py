@@ -15,12 +15,10 @@ from typing import Any, ClassVar
 
 import grpc
 
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.core.call import Call, CallKind, CallOptions, CancelScope, new_call
-from resilience.core.chain import build_chain
-from resilience.core.errors import ImproperlyConfigured, RpcStatusError
-from resilience.core.middleware import Handler, Middleware
-from resilience.metrics.recorder import recorder_for
+from resilience.core.errors import RpcStatusError
+from resilience.core.middleware import Handler
 from resilience.transport.calls import Answered, ChainFuture, StreamCall
 from resilience.transport.credentials import channel_credentials, channel_options
 from resilience.transport.service_config import DISABLE_RESOLUTION, check_channel_options
@@ -305,15 +303,13 @@ class ChainedChannel:
         ChainMultiCallable, ChainMultiCallable,
     )
 
-    def __init__(self, channel: Any, resolver: ChainResolver, target: str = "") -> None:
+    def __init__(self, channel: Any, factory: ChainFactory) -> None:
         self._channel = channel
-        self._resolver = resolver
-        self._target = target
-        # The settings, for middleware that need more than their options (REDIS_URL).
-        self._shared: dict[str, Any] = {"settings": resolver.settings}
+        self._factory = factory
         self._lock = threading.Lock()
         self._built: dict[tuple[str, CallKind], ChainMultiCallable] = {}
-        self.middleware: dict[str, list[Middleware]] = {}
+        #: The middleware each method's chain is made of, outermost first.
+        self.middleware = factory.middleware
 
     def _terminal(self, inner: Any, kind: CallKind) -> Handler:
         raise NotImplementedError
@@ -326,20 +322,9 @@ class ChainedChannel:
             built = self._built.get((name, kind))
             if built is None:
                 inner = factory(method, **kwargs)
-                specs = self._resolver.resolve("client", name)
-                if errors := [p for p in self._resolver.problems if p.is_error]:
-                    problems = "; ".join(p.msg for p in errors)
-                    raise ImproperlyConfigured(f"client chain for {name}: {problems}")
-                chain, used = build_chain(
-                    specs, self._terminal(inner, kind), method=name, kind=kind,
-                    side="client", shared=self._shared, target=self._target,
-                    is_async=self.is_async,
-                    idempotent=self._resolver.is_idempotent(name),
-                    metrics=recorder_for(self._resolver.settings, "client", name),
-                )
+                chain = self._factory.build(name, kind, self._terminal(inner, kind))
                 built = self.multicallables[kind.response_streaming](name, kind, chain, self)
                 self._built[(name, kind)] = built
-                self.middleware[name] = used
         return built
 
     unary_unary = _channel_method(CallKind.UNARY_UNARY)
@@ -354,8 +339,8 @@ class ResilientChannel(ChainedChannel, grpc.Channel):
 
     multicallables = (_MultiCallable, _StreamMultiCallable)
 
-    def __init__(self, channel: Any, resolver: ChainResolver, target: str = "") -> None:
-        super().__init__(channel, resolver, target)
+    def __init__(self, channel: Any, factory: ChainFactory) -> None:
+        super().__init__(channel, factory)
         self._pool: ThreadPoolExecutor | None = None
 
     def _terminal(self, inner: Any, kind: CallKind) -> Handler:
@@ -398,7 +383,7 @@ def connect(
     Without ``credentials`` the channel uses TLS as the CLIENT_TLS_* settings say.
     """
     channel = open_channel(grpc, target, settings, credentials, options)
-    return ResilientChannel(channel, ChainResolver(settings, is_async=False), target)
+    return ResilientChannel(channel, ChainFactory(settings, "client", target=target))
 
 
 def open_channel(

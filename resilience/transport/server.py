@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Any, ClassVar
 
 import grpc
@@ -27,12 +27,10 @@ import structlog
 # tests/test_server_status.py), since grpc's code() and is_active() cost three frames.
 from grpc._server import _CANCELLED
 
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.core.call import Call, CallKind
-from resilience.core.chain import build_chain
-from resilience.core.errors import ImproperlyConfigured, RpcStatusError, cancelled_status
-from resilience.core.middleware import Handler, Middleware
-from resilience.metrics.recorder import recorder_for
+from resilience.core.errors import RpcStatusError, cancelled_status
+from resilience.core.middleware import Handler
 
 log = structlog.get_logger(__name__)
 
@@ -380,15 +378,22 @@ class StackInterceptor:
 
     is_async: ClassVar[bool] = False
 
-    def __init__(self, resolver: ChainResolver, methods: set[str], target: str = "") -> None:
-        self._resolver = resolver
+    def __init__(self, factory: ChainFactory, methods: Container[str]) -> None:
+        self._factory = factory
         self._methods = methods
-        self.target = target
-        # The settings, for middleware that need more than their options (REDIS_URL).
-        self._shared: dict[str, Any] = {"settings": resolver.settings}
         self._lock = threading.Lock()
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
-        self.middleware: dict[str, list[Middleware]] = {}
+        #: The middleware each method's stack is made of, outermost first.
+        self.middleware = factory.middleware
+
+    @property
+    def target(self) -> str:
+        """The address middleware are told they serve, set once the server is bound."""
+        return self._factory.target
+
+    @target.setter
+    def target(self, address: str) -> None:
+        self._factory.target = address
 
     def _terminal(self, method: str, behavior: Callable[[Any, Any], Any], kind: CallKind
                   ) -> Handler:
@@ -416,17 +421,9 @@ class StackInterceptor:
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         kind = CallKind((handler.request_streaming, handler.response_streaming))
-        specs = self._resolver.resolve("server", method)
-        if errors := [p for p in self._resolver.problems if p.is_error]:
-            problems = "; ".join(p.msg for p in errors)
-            raise ImproperlyConfigured(f"server stack for {method}: {problems}")
-        chain, used = build_chain(
-            specs, self._terminal(method, _behavior(handler, kind), kind), method=method,
-            kind=kind, side="server", shared=self._shared, target=self.target,
-            is_async=self.is_async, idempotent=self._resolver.is_idempotent(method),
-            metrics=recorder_for(self._resolver.settings, "server", method),
+        chain = self._factory.build(
+            method, kind, self._terminal(method, _behavior(handler, kind), kind)
         )
-        self.middleware[method] = used
         deserializer = handler.request_deserializer
         return _HANDLER_FACTORIES[kind](
             self._entry(chain, method, kind, deserializer),

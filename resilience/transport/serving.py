@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from resilience.apps.registry import Apps
-from resilience.conf.chains import ChainResolver
+from resilience.conf.factory import ChainFactory
 from resilience.conf.settings import Settings
 from resilience.core.errors import ImproperlyConfigured
 from resilience.transport.credentials import server_credentials
@@ -82,7 +82,7 @@ class Server:
                  source: str = "SERVER_ADDRESS") -> None:
         self.settings = settings
         self.interceptor = ChainInterceptor(
-            ChainResolver(settings, is_async=False), set(apps.methods()), address
+            ChainFactory(settings, "server", target=address), set(apps.methods())
         )
         self.grpc_server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.SERVER_MAX_WORKERS),

@@ -8,11 +8,9 @@ from typing import Any
 
 import grpc
 
-from resilience.conf.chains import ChainResolver
-from resilience.core.call import Call, CallKind, Side
-from resilience.core.chain import MiddlewareSpec, build_chain
+from resilience.conf.factory import ChainFactory
+from resilience.core.call import Call
 from resilience.management.base import BaseCommand, CommandError
-from resilience.metrics.recorder import recorder_for
 
 
 def _hidden(value: Any) -> str:
@@ -60,19 +58,23 @@ class Command(BaseCommand):
                     f"known methods: {', '.join(methods)}"
                 )
             methods = [options["method"]]
-        resolver = ChainResolver(self.settings)
         kinds = self.apps.methods()
         sides = [options["side"]] if options["side"] else ["client", "server"]
         for side in sides:
-            # One dict per side, as one channel (or one server) shares it between methods.
-            shared: dict[str, Any] = {"settings": self.settings}
+            # One factory per side, as one channel (or one server) builds its chains, so a
+            # middleware shown "left out" really leaves the chain, for the reason it gave.
+            target = (self.settings.CLIENT_TARGET if side == "client"
+                      else self.settings.SERVER_ADDRESS)
+            factory = ChainFactory(self.settings, side, is_async=self.settings.ASYNCIO,
+                                   target=target)
             for method in methods:
-                setting, _ = resolver.middleware_setting(side, method)
+                setting, _ = factory.resolver.middleware_setting(side, method)
                 self.write(f"{side} {method}  (from {setting})")
-                specs = resolver.resolve(side, method)
+                specs = factory.specs(method)
                 if not specs:
                     self.write("  (no middleware)")
-                left_out = self._left_out(resolver, specs, side, method, kinds[method], shared)
+                left_out: dict[str, str] = {}
+                factory.build(method, kinds[method], _unused_terminal, left_out=left_out)
                 for position, spec in enumerate(specs, 1):
                     if spec.path in left_out:
                         reason = left_out[spec.path] or "MiddlewareNotUsed, no reason given"
@@ -85,19 +87,3 @@ class Command(BaseCommand):
                     self.write(f"  {position}. {spec.name} ({spec.path}) {shown}".rstrip())
                 self.write()
         return 0
-
-    def _left_out(self, resolver: ChainResolver, specs: list[MiddlewareSpec], side: Side,
-                  method: str, kind: CallKind, shared: dict[str, Any]) -> dict[str, str]:
-        """Build the chain as the client's channel or the server's interceptor builds it
-        (same idempotency, same metrics recorder, same mode) and return the paths that left
-        it (``MiddlewareNotUsed``) with their reasons: Retry leaves a method not marked
-        idempotent, Metrics every chain while METRICS_ENABLED is false."""
-        left_out: dict[str, str] = {}
-        target = self.settings.CLIENT_TARGET if side == "client" else self.settings.SERVER_ADDRESS
-        build_chain(
-            specs, _unused_terminal, method=method, kind=kind, side=side, shared=shared,
-            target=target, is_async=resolver.is_async,
-            idempotent=resolver.is_idempotent(method),
-            metrics=recorder_for(self.settings, side, method), left_out=left_out,
-        )
-        return left_out
