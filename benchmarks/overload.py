@@ -67,6 +67,8 @@ from benchmarks._common import (
 
 NAME = "overload"
 RESULTS = RESULTS_DIR / f"{NAME}.json"
+#: The plots of a full run go where the documentation shows them.
+PLOTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "img"
 SLOTS = 8  # the resource's parallelism
 WORK_S = 0.040  # each Get holds a slot this long: capacity ~ SLOTS / WORK_S = 200 calls/s
 DEADLINE_S = 0.200  # the client's deadline, about 5x the unloaded latency
@@ -595,7 +597,7 @@ def run(
     results["steps"] = {config: measure_step(config, plan, base)
                         for config in plan.configs if config in ADAPTIVE}
     results["targets"] = judge(results)
-    directory = (output.parent if output is not None else None if quick else RESULTS_DIR)
+    directory = (output.parent if output is not None else None if quick else PLOTS_DIR)
     results["plots"] = plot(results, directory) if directory is not None else []
     return finish(results, began, RESULTS, report, quick, stdout, output)
 

@@ -556,7 +556,7 @@ def test_secret_options_are_declared() -> None:
     assert problems and SECRET not in "".join(problems)
 
 
-# --- the README's .secrets.toml recipe, with no SERVER_OPTIONS in [default] ---------------
+# --- the documented .secrets.toml recipe, with no SERVER_OPTIONS in [default] ---------------
 
 RECIPE = f"""
 [production.SERVER_OPTIONS]

@@ -157,7 +157,7 @@ def test_a_replay_happens_at_most_once_per_call(client_mode: Mode) -> None:
 def test_grpc_core_does_not_replay_an_rst_stream_refused_stream(client_mode: Mode) -> None:
     """RST_STREAM(REFUSED_STREAM) says the stream was not processed (RFC 9113 §8.7), but
     grpc-core fails the call with UNAVAILABLE. If this starts failing, grpc-core has begun
-    replaying refused streams: update the README and docs/design.md."""
+    replaying refused streams: update docs/reference/middleware/retry.md and docs/design.md."""
     settings = make_settings()
     store = CountingStore()
     with running_server(settings, CacheServicer(settings, store)) as server, \

@@ -196,7 +196,7 @@ class ChainResolver:
                 "resilience.E003", setting,
                 f"'{path}' is not a middleware: expected a subclass of "
                 f"resilience.Middleware, got {type(obj).__name__} {obj!r}",
-                "list middleware classes only; see 'Writing your own middleware' in the README",
+                "list middleware classes only; see docs/how-to/write-middleware.md",
             ))
             return None
         return obj
@@ -229,6 +229,6 @@ class ChainResolver:
         for message in problems:
             self.problems.append(error(
                 "resilience.E005", " + ".join(sources) or name, f"{name}: {message}",
-                f"see the options of {name} in the README's middleware reference",
+                f"see the options of {name} in docs/reference/middleware/{name.lower()}.md",
             ))
         return options

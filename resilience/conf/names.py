@@ -190,7 +190,8 @@ def option_table_problems(settings: Settings, listed: Mapping[str, set[str]]
                 _, problems = build_options(builtins[exact].Options, values)
                 messages += [
                     error("resilience.E005", f"{setting}.{name}", f"{exact}: {problem}",
-                          f"see the options of {exact} in the README's middleware reference")
+                          f"see the options of {exact} in "
+                          f"docs/reference/middleware/{exact.lower()}.md")
                     for problem in problems
                     if problem.startswith("unknown option")
                 ]

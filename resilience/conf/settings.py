@@ -163,7 +163,7 @@ def _without_merge_markers(value: Any) -> Any:
     """``value`` without the ``dynaconf_merge`` markers dynaconf left in it.
 
     dynaconf consumes a marker when there is a table to merge into; when [default] has no
-    such table (the README's .secrets.toml recipe, with no SERVER_OPTIONS in [default]) it
+    such table (the documented .secrets.toml recipe, with no SERVER_OPTIONS in [default]) it
     keeps the marker as a key, and the whole table failed as E001 (TokenAuth's tokens then
     empty). Merging into nothing gives the table itself: drop the marker.
     """

@@ -309,7 +309,7 @@ def _e032(problem: str) -> CheckMessage:
     """E032 from a sentence that starts with the setting it is about."""
     setting = problem.partition(" ")[0]
     return error("resilience.E032", setting, problem.removeprefix(f"{setting} "),
-                 "fix the TLS settings (see the README's 'TLS and authentication')")
+                 "fix the TLS settings (see docs/how-to/tls-and-auth.md)")
 
 
 def _lists_middleware(chains: Iterable[Iterable[str]], name: str) -> bool:
