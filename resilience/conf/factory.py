@@ -41,9 +41,8 @@ class ChainFactory:
         """The resolved chain of ``method``; its errors, if any, as ImproperlyConfigured."""
         specs = self.resolver.resolve(self.side, method)
         if errors := [p for p in self.resolver.problems if p.is_error]:
-            noun = "stack" if self.side == "server" else "chain"
             raise ImproperlyConfigured(
-                f"{self.side} {noun} for {method}: {'; '.join(p.msg for p in errors)}"
+                f"{self.side} chain for {method}: {'; '.join(p.msg for p in errors)}"
             )
         return specs
 
