@@ -12,39 +12,11 @@ import grpc
 from resilience.core.call import Call
 from resilience.core.errors import status_of
 from resilience.interceptors.chains import CONTINUATION
+from resilience.transport.calls import Ended
 from resilience.transport.client import CallOptions
 
 
-class _Ended(grpc.Call, grpc.Future):
-    """A unary call that has ended by the time the interceptor returns it: never active,
-    never cancellable, done."""
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def running(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        fn(self)
-
-
-class Failed(grpc.RpcError, _Ended):
+class Failed(grpc.RpcError, Ended):
     """A call the chain failed with a status of its own (an open breaker, a limit): raises
     it from ``result()`` and from iteration, as grpc's failed calls do."""
 

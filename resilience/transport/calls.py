@@ -26,25 +26,9 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-class Answered(grpc.Call, grpc.Future):
-    """A unary call that has ended, for ``with_call``: the status and metadata of the
-    attempt that answered, or OK and none when no attempt did (a fallback answered)."""
-
-    def __init__(self, response: Any, rpc: Any) -> None:
-        self._response = response
-        self._rpc = rpc
-
-    def initial_metadata(self) -> Any:
-        return () if self._rpc is None else self._rpc.initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        return () if self._rpc is None else self._rpc.trailing_metadata()
-
-    def code(self) -> grpc.StatusCode:
-        return _OK if self._rpc is None else self._rpc.code()
-
-    def details(self) -> str:
-        return "" if self._rpc is None else self._rpc.details()
+class Ended(grpc.Call, grpc.Future):
+    """A unary call that has ended by the time it is handed over: never active, never
+    cancellable, done."""
 
     def is_active(self) -> bool:
         return False
@@ -67,6 +51,30 @@ class Answered(grpc.Call, grpc.Future):
     def done(self) -> bool:
         return True
 
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+
+class Answered(Ended):
+    """A unary call that has ended, for ``with_call``: the status and metadata of the
+    attempt that answered, or OK and none when no attempt did (a fallback answered)."""
+
+    def __init__(self, response: Any, rpc: Any) -> None:
+        self._response = response
+        self._rpc = rpc
+
+    def initial_metadata(self) -> Any:
+        return () if self._rpc is None else self._rpc.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return () if self._rpc is None else self._rpc.trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return _OK if self._rpc is None else self._rpc.code()
+
+    def details(self) -> str:
+        return "" if self._rpc is None else self._rpc.details()
+
     def result(self, timeout: float | None = None) -> Any:
         return self._response
 
@@ -75,9 +83,6 @@ class Answered(grpc.Call, grpc.Future):
 
     def traceback(self, timeout: float | None = None) -> Any:
         return None
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        fn(self)
 
 
 class _Outcome:
