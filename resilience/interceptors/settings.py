@@ -10,7 +10,7 @@ import re
 
 import structlog
 
-from resilience.checks import CheckMessage, unique
+from resilience.checks import CheckMessage, Tags, registry, unique
 from resilience.conf.chains import ChainResolver, service_of
 from resilience.conf.names import unchecked_method_names
 from resilience.conf.settings import Settings, load_settings
@@ -58,7 +58,8 @@ def _interceptor_checks(settings: Settings) -> list[CheckMessage]:
     With PROTO_MODULES the application's own methods are known too, and every method name
     is checked as strictly as check does; without it, names of services no app declares
     pass, and W072 says that they went unchecked."""
-    apps, messages = run_checks(settings)
+    # The security checks are left out: the application passes its own credentials.
+    apps, messages = run_checks(settings, registry.tags_available() - {Tags.security})
     app_methods = set(apps.methods()) if apps is not None else set()
     app_services = {service_of(m) for m in app_methods}
     # Chains no app method made check resolve: the default chains, and each per-method key.
