@@ -134,7 +134,7 @@ class CheckRegistry:
             raise TypeError("a check needs at least one tag")
 
         def decorate(func: C) -> C:
-            check = RegisteredCheck(func, frozenset(tags), frozenset(ids), deploy)
+            check = RegisteredCheck(func, frozenset(map(str, tags)), frozenset(ids), deploy)
             self._checks[check.name] = check  # a reloaded module replaces its checks
             return func
 
@@ -143,7 +143,7 @@ class CheckRegistry:
     def checks(self, tags: Iterable[str] | None = None, *, include_deploy: bool = False
                ) -> list[RegisteredCheck]:
         """The checks that carry any of ``tags`` (every check for None)."""
-        wanted = None if tags is None else set(tags)
+        wanted = None if tags is None else set(map(str, tags))
         return [
             check for check in self._checks.values()
             if (include_deploy or not check.deploy)

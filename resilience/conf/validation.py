@@ -48,7 +48,7 @@ from resilience.conf.settings import ENVVAR_PREFIX, SECRETS_FILE, Settings
 from resilience.core.call import CallKind, Side
 from resilience.core.errors import ImproperlyConfigured
 from resilience.core.loading import describe_exception
-from resilience.core.spelling import closest
+from resilience.core.spelling import closest, edit_distance
 from resilience.distributed.checks import redis_problems
 from resilience.protos import app_protos, stale
 from resilience.transport.credentials import (
@@ -434,7 +434,7 @@ def check_silenced_ids(ctx: CheckContext) -> list[CheckMessage]:
         if entry in known or (label in labels and re.fullmatch(r"[DIWEC]\d{3}", code)):
             continue
         near = (f"{OWN_PREFIX}{entry}" if f"{OWN_PREFIX}{entry}" in known else
-                closest(entry, known) or _near_label(label, code, labels, apps is None))
+                _near_id(entry, known) or _near_label(label, code, labels, apps is None))
         mean = f" (did you mean '{near}'?)" if near else ""
         messages.append(warning(
             "resilience.W073", "SILENCED_CHECKS",
@@ -444,6 +444,28 @@ def check_silenced_ids(ctx: CheckContext) -> list[CheckMessage]:
             obj=entry,
         ))
     return messages
+
+
+def _near_id(entry: str, known: Iterable[str]) -> str | None:
+    """The known id ``entry`` is a typo of, by the spelling rule: one of the same level
+    first, and of ids as near the one sharing the longest start ('resilience.W074' is
+    sooner W070's than W004's, all one edit away)."""
+    lowered = entry.lower()
+    level = entry.rpartition(".")[2][:1]
+    same = [k for k in known if k.rpartition(".")[2][:1] == level]
+    for pool in (same, list(known)):
+        near = [k for k in pool if closest(entry, [k]) is not None]
+        if near:
+            best = min(edit_distance(lowered, k.lower()) for k in near)
+            return min((k for k in near if edit_distance(lowered, k.lower()) == best),
+                       key=lambda k: (-_shared_start(lowered, k.lower()), k))
+    return None
+
+
+def _shared_start(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def _near_label(label: str, code: str, labels: set[str], unknown: bool) -> str | None:

@@ -57,11 +57,12 @@ class Command(BaseCommand):
         if len(found) > len(messages):
             where += f"; {len(found) - len(messages)} silenced by SILENCED_CHECKS"
         counts = f"{errors} error(s) and {len(messages) - errors} warning(s)"
+        only = f" (tags: {', '.join(sorted(set(tags)))})" if tags else ""
         if any(m.is_serious(level) for m in messages):
             at = "" if level == "ERROR" else f" (--fail-level {level})"
-            raise CommandError(f"check found {counts}{at} {where}")
+            raise CommandError(f"check{only} found {counts}{at} {where}")
         if errors:
-            self.write(f"check: {counts}, none at --fail-level {level} {where}")
+            self.write(f"check{only}: {counts}, none at --fail-level {level} {where}")
         else:
-            self.write(f"check: no errors, {len(messages)} warning(s) {where}")
+            self.write(f"check{only}: no errors, {len(messages)} warning(s) {where}")
         return 0
