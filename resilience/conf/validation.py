@@ -143,8 +143,7 @@ class CheckContext:
         self.settings = settings
         #: The sides whose TLS the security checks look at: runserver's, runclient's, both.
         self.sides = tuple(sides)
-        #: Messages of what the checks read, reported with the checks' own.
-        self.prerequisites: list[CheckMessage] = []
+        self._read_apps = self._read_protos = False
 
     @functools.cached_property
     def _loaded(self) -> tuple[Apps | None, list[CheckMessage]]:
@@ -176,9 +175,8 @@ class CheckContext:
     @property
     def apps(self) -> Apps | None:
         """The installed apps, or None when one does not import (its E007 is reported)."""
-        apps, problems = self._loaded
-        self.prerequisites += problems
-        return apps
+        self._read_apps = True
+        return self._loaded[0]
 
     @functools.cached_property
     def _protos(self) -> tuple[dict[str, CallKind], list[CheckMessage]]:
@@ -195,9 +193,14 @@ class CheckContext:
         apps = self.apps
         if apps is None:
             return None
-        protos, problems = self._protos
-        self.prerequisites += problems
-        return {**protos, **apps.methods()}
+        self._read_protos = True
+        return {**self._protos[0], **apps.methods()}
+
+    @property
+    def prerequisites(self) -> list[CheckMessage]:
+        """Why what the checks read could not be had: reported with the checks' own."""
+        return ((self.app_problems if self._read_apps else [])
+                + (self.proto_problems if self._read_protos else []))
 
     @functools.cached_property
     def resolver(self) -> ChainResolver | None:
@@ -223,6 +226,7 @@ def check_setting_values(ctx: CheckContext) -> list[CheckMessage]:
 
 @register(Tags.settings, ids=("resilience.W034",))
 def check_secrets_file(ctx: CheckContext) -> list[CheckMessage]:
+    """W034: secrets in sections no environment reads."""
     return _unread_secrets(ctx.settings)
 
 
@@ -390,6 +394,7 @@ def check_setting_names(ctx: CheckContext) -> list[CheckMessage]:
 
 @register(Tags.names, ids=("resilience.E073", "resilience.W071"))
 def check_proto_modules(ctx: CheckContext) -> list[CheckMessage]:
+    """E073/W071: PROTO_MODULES entries that add no method names to check against."""
     return ctx.proto_problems
 
 
@@ -479,6 +484,7 @@ def _near_label(label: str, code: str, labels: set[str], unknown: bool) -> str |
 # Shared state (resilience.E040-E049).
 @register(Tags.redis, ids=("resilience.E040", "resilience.E041"))
 def check_redis(ctx: CheckContext) -> list[CheckMessage]:
+    """E040/E041: middleware with storage = 'redis' and no usable REDIS_URL."""
     methods = ctx.methods
     return redis_problems(ctx.settings, methods) if methods is not None else []
 
