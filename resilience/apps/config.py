@@ -50,5 +50,6 @@ class AppConfig:
 
     def check(self, settings: Any) -> list[CheckMessage]:
         """The app's own checks, such as of its settings; ``resilience.checks.error`` makes
-        a message."""
+        a message. check runs it under the ``apps`` tag; ids are the app's own, prefixed
+        with its label (``cache.E001``), so that ``SILENCED_CHECKS`` can name them."""
         return []

@@ -67,6 +67,11 @@ class GlobalSettings:
         "Methods ('package.Service/Method') or services that are safe to retry and hedge, "
         "besides those whose proto says idempotency_level = NO_SIDE_EFFECTS or IDEMPOTENT.",
     )
+    SILENCED_CHECKS: tuple[str, ...] = option(
+        (),
+        "Ids of check messages to acknowledge and no longer report ('resilience.W070'): "
+        "check, runserver, runclient and the interceptors leave them out.",
+    )
     ASYNCIO: bool = option(
         False, "Serve and call with grpc.aio; runserver/runclient --asyncio set it for one run."
     )

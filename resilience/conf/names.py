@@ -184,7 +184,7 @@ def option_table_problems(settings: Settings, listed: Mapping[str, set[str]]
             messages.append(warning(
                 "resilience.W003", f"{setting}.{name}",
                 f"options for '{name}', which no {side} chain lists",
-                f"use the middleware's class name; {side} chains list: {chains}",
+                f"use the middleware's class name; {side} chains list: {chains}", obj=name,
             ))
             if exact is not None and isinstance(values, Mapping):
                 _, problems = build_options(builtins[exact].Options, values)
@@ -252,7 +252,7 @@ def option_method_problems(settings: Settings, methods: Iterable[str]) -> list[C
                             f"{method_suggestion(target, methods)}; the option does "
                             f"nothing for it",
                             f"name a served method ('package.Service/Method') or service; "
-                            f"known methods: {known}",
+                            f"known methods: {known}", obj=target,
                         ))
                     elif side == "client" and "/" in target and (
                             chain := _lacks(resolver, target, spec.name)):

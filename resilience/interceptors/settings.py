@@ -6,15 +6,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import re
 
 import structlog
 
-from resilience.checks import CheckMessage, unique
+from resilience.checks import CheckMessage, Tags, registry, unique, unsilenced
 from resilience.conf.chains import ChainResolver, service_of
 from resilience.conf.names import unchecked_method_names
 from resilience.conf.settings import Settings, load_settings
 from resilience.conf.validation import run_checks
+from resilience.core.call import Side
 from resilience.core.errors import ImproperlyConfigured
 
 log = structlog.get_logger(__name__)
@@ -35,12 +35,14 @@ def _in_mode(settings: Settings, is_async: bool) -> Settings:
     return moded
 
 
-# Checks that a method name belongs to an installed app, and where their messages quote it.
-_METHOD_NAME_CHECKS = {
-    "resilience.E008": r"key '(.*?)'",  # CLIENT_METHOD_MIDDLEWARE / CLIENT_METHOD_OPTIONS
-    "resilience.E050": r"^'(.*?)' names no method",  # IDEMPOTENT_METHODS
-    "resilience.E072": r"option '[^']*' names '(.*?)'",  # method names inside options
-}
+# Checks that a method name belongs to an installed app; the name is the message's obj.
+_METHOD_NAME_CHECKS = frozenset({
+    "resilience.E008",  # CLIENT_METHOD_MIDDLEWARE / CLIENT_METHOD_OPTIONS keys
+    "resilience.E050",  # IDEMPOTENT_METHODS
+    "resilience.E072",  # method names inside options
+})
+# What runserver refuses of the apps' servicers: the interceptors serve the application's.
+_SERVICER_CHECKS = frozenset({"resilience.E010", "resilience.E074"})
 
 
 def _bad_method_key(key: str, app_services: set[str], app_methods: set[str]) -> bool:
@@ -52,13 +54,21 @@ def _bad_method_key(key: str, app_services: set[str], app_methods: set[str]) -> 
     return service in app_services and key != service and key not in app_methods
 
 
+def _side_of(setting: str) -> Side:
+    """The side an options table (W003's setting) is read by."""
+    return "server" if setting.startswith("SERVER_") else "client"
+
+
 def _interceptor_checks(settings: Settings) -> list[CheckMessage]:
     """check's messages, adjusted to interceptors: they serve methods no app declares.
 
     With PROTO_MODULES the application's own methods are known too, and every method name
     is checked as strictly as check does; without it, names of services no app declares
-    pass, and W072 says that they went unchecked."""
-    apps, messages = run_checks(settings)
+    pass, and W072 says that they went unchecked. The security checks are left out: the
+    application passes its own credentials. Messages are told apart by their fields (id,
+    setting, obj), never by their text."""
+    tags = registry.tags_available() - {Tags.security}
+    apps, messages = run_checks(settings, tags)
     app_methods = set(apps.methods()) if apps is not None else set()
     app_services = {service_of(m) for m in app_methods}
     # Chains no app method made check resolve: the default chains, and each per-method key.
@@ -73,20 +83,18 @@ def _interceptor_checks(settings: Settings) -> list[CheckMessage]:
     listed = {side: {name.lower() for name in names} for side, names in resolver.listed.items()}
     kept = []
     for message in messages:
-        if message.id in ("resilience.E010", "resilience.E074"):  # runserver's servicers
+        if message.id in _SERVICER_CHECKS:
             continue
-        if message.id in _METHOD_NAME_CHECKS and not settings.PROTO_MODULES:
-            found = re.search(_METHOD_NAME_CHECKS[message.id], message.msg)
-            if found and not _bad_method_key(found.group(1), app_services, app_methods):
-                continue
-        if message.id == "resilience.W003":  # unused, unless a chain resolved here lists it
-            found = re.search(r"options for '(.*?)', which no (\w+) chain", message.msg)
-            if found and found.group(1).lower() in listed[found.group(2)]:
-                continue
+        if (message.id in _METHOD_NAME_CHECKS and not settings.PROTO_MODULES
+                and not _bad_method_key(message.obj, app_services, app_methods)):
+            continue
+        if (message.id == "resilience.W003"  # unused, unless a chain resolved here lists it
+                and message.obj.lower() in listed[_side_of(message.setting)]):
+            continue
         kept.append(message)
     if not settings.PROTO_MODULES:
         kept += unchecked_method_names(settings, app_services)
-    return unique(kept + resolver.problems)
+    return unsilenced(unique(kept + resolver.problems), settings.SILENCED_CHECKS)
 
 
 def load(settings: SettingsArg = None, *, is_async: bool = False) -> Settings:

@@ -8,9 +8,10 @@ import sys
 from typing import Any, TextIO
 
 from resilience.apps.registry import Apps
-from resilience.checks import CheckMessage
+from resilience.checks import CheckMessage, Tags
 from resilience.conf.settings import Settings, load_settings
-from resilience.conf.validation import run_checks, security_checks
+from resilience.conf.validation import run_checks
+from resilience.core.call import Side
 from resilience.core.errors import ImproperlyConfigured
 from resilience.log import configure_logging
 
@@ -94,11 +95,12 @@ class BaseCommand:
         for message in messages:
             self.stderr.write(message.format(self.settings.env) + "\n")
 
-    def refuse_insecure(self, *sides: str) -> None:
+    def refuse_insecure(self, *sides: Side) -> None:
         """Refuse to serve or call in plaintext where ALLOW_PLAINTEXT is false, or with TLS
-        settings that cannot work (E030-E032), with the messages ``check`` prints; a command
+        settings that cannot work (E030-E035), with the messages ``check`` prints; a command
         that serves or connects calls this before it does (``connect()`` would raise)."""
-        if errors := [m for m in security_checks(self.settings, sides) if m.is_error]:
+        _, messages = run_checks(self.settings, [Tags.security], sides=sides)
+        if errors := [m for m in messages if m.is_error]:
             self.report(errors)
             raise CommandError(f"refusing to start: {len(errors)} configuration error(s); "
                                f"run 'manage.py check' for the full list")
@@ -115,7 +117,8 @@ class BaseCommand:
             self.settings.core = dataclasses.replace(self.settings.core, ASYNCIO=True)
         configure_logging(self.settings.LOG_LEVEL, self.settings.LOG_FORMAT)
         if self.requires_checks:
-            self.apps, messages = run_checks(self.settings)
+            # TLS is each command's own: refuse_insecure checks the sides it uses.
+            self.apps, messages = run_checks(self.settings, sides=())
             errors = [m for m in messages if m.is_error]
             if errors:
                 self.report(errors)
