@@ -39,7 +39,7 @@ def agrees(result: subprocess.CompletedProcess[str], results: dict[str, Any]) ->
     target (no FAIL line), and it names exactly the targets it missed."""
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout and "Traceback" not in result.stderr
-    missed = [name for name, target in results["targets"].items() if not target["passed"]]
+    missed = sorted(name for name, target in results["targets"].items() if not target["passed"])
     for name in results["targets"]:
         mark = "miss" if name in missed else "pass"
         assert re.search(rf"^{mark} {name}: ", result.stdout, re.M), (name, result.stdout)

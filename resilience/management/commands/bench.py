@@ -50,7 +50,7 @@ def find_benchmarks() -> dict[str, str]:
 
 
 def missed_targets(results: Any) -> list[str]:
-    """The targets a benchmark's results say were missed, in its order."""
+    """The targets a benchmark's results say were missed, in its order (listed sorted)."""
     targets = results.get("targets") if isinstance(results, dict) else None
     return [name for name, target in (targets or {}).items() if not target.get("passed")]
 
@@ -61,7 +61,7 @@ def verdict(results: Any, quick: bool) -> tuple[int, str]:
     missed = missed_targets(results)
     if not missed:
         return 0, ""
-    listed = ", ".join(missed)
+    listed = ", ".join(sorted(missed))
     if quick:
         return 0, (f"quick run: {len(missed)} target(s) missed ({listed}), not enforced: "
                    f"quick figures are rough; a full run enforces them")
