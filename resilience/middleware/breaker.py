@@ -222,7 +222,7 @@ class CircuitBreaker(Middleware):
         storage = self._storage
         probe = None
         # The storage's fields rather than its properties: two frames less per call
-        # (tests/test_breaker_unit.py pins that they are what the properties return).
+        # (tests/integration/test_breaker_unit.py pins that they are what the properties return).
         if storage._state != pybreaker.STATE_CLOSED:
             try:
                 probe = self._admit()

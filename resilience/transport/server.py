@@ -24,7 +24,7 @@ import grpc
 import structlog
 
 # The sync server's per-call state: what the stack reads on the happy path (pinned by
-# tests/test_server_status.py), since grpc's code() and is_active() cost three frames.
+# tests/integration/test_server_status.py), since grpc's code() and is_active() cost three frames.
 from grpc._server import _CANCELLED
 
 from resilience.conf.factory import ChainFactory

@@ -29,7 +29,6 @@ import time
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -45,13 +44,14 @@ from apps.cache.protos import cache_pb2
 from apps.cache.servicer import AsyncCacheServicer, CacheRules, CacheServicer
 from resilience.interceptors import aio_server_interceptor, server_interceptor
 from resilience.transport.server import UNDECODABLE_DETAILS, StackInterceptor
+from tests.integration.test_server_status import grpc_server
+from tests.support.processes import ROOT
 from tests.support.servers import make_settings, running_server
-from tests.test_server_status import grpc_server
 
 pytestmark = pytest.mark.timeout(120)
 
 SHIPPED = tomllib.loads(
-    (Path(__file__).resolve().parents[1] / "settings" / "settings.toml").read_text("utf-8")
+    (ROOT / "settings" / "settings.toml").read_text("utf-8")
 )["default"]
 EXAMPLES = 200  # per server; each sends one request to each of the three methods
 CALL_TIMEOUT = 5.0

@@ -24,9 +24,7 @@ from structlog.testing import capture_logs
 from apps.cache.protos import cache_pb2
 from resilience.interceptors import aio_server_interceptor, server_interceptor
 from resilience.transport.server import UNDECODABLE_DETAILS
-from tests.support.aio_facade import LoopThread
-from tests.support.servers import make_settings
-from tests.test_server_status import (
+from tests.integration.test_server_status import (
     STACK,
     AsyncServicer,
     Servicer,
@@ -35,6 +33,8 @@ from tests.test_server_status import (
     recorded,
     stacked_server,
 )
+from tests.support.aio_facade import LoopThread
+from tests.support.servers import make_settings
 
 pytestmark = pytest.mark.timeout(60)
 

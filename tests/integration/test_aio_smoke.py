@@ -19,6 +19,7 @@ from apps.cache.servicer import AsyncCacheServicer, CacheServicer
 from resilience.conf.validation import run_checks
 from resilience.core.errors import ImproperlyConfigured
 from resilience.transport.aio_serving import AioServer
+from tests.integration.test_runserver import GRACE, runclient, runserver
 from tests.support.scripted import ScriptedServicer
 from tests.support.servers import (
     aio_client,
@@ -28,7 +29,6 @@ from tests.support.servers import (
     running_server,
     scripted_apps,
 )
-from tests.test_runserver import GRACE, runclient, runserver
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,15 +4,14 @@ option, from the declarations themselves (scripts/test also builds it: mkdocs --
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
 import resilience.middleware
 from resilience.conf.global_settings import GlobalSettings
 from resilience.conf.reference import regenerate
+from tests.support.processes import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SETTINGS_PAGE = (DOCS / "reference" / "settings.md").read_text(encoding="utf-8")
 

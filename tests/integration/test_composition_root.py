@@ -13,11 +13,11 @@ from prometheus_client import REGISTRY
 from apps.cache.protos import cache_pb2
 from resilience.distributed.shared_breaker import RedisCircuitBreaker
 from resilience.middleware import Metrics
+from tests.integration.test_interceptors import plain_client, plain_server, plain_settings
 from tests.support.processes import ROOT, manage
 from tests.support.redis import redis_server, redis_settings  # noqa: F401 (a fixture)
 from tests.support.scripted import ScriptedServicer
 from tests.support.servers import MODES
-from tests.test_interceptors import plain_client, plain_server, plain_settings
 
 GET = "cache.CacheService/Get"
 

@@ -17,8 +17,8 @@ from apps.cache.servicer import CacheServicer, key_problem, shown_key, value_pro
 from apps.cache.storage import MemoryStore
 from resilience.core.errors import ImproperlyConfigured
 from resilience.protos import app_protos, generate
+from tests.support.processes import ROOT as REPO
 
-REPO = Path(__file__).resolve().parent.parent
 PROTOS = REPO / "apps" / "cache" / "protos"
 GENERATED = ("cache_pb2.py", "cache_pb2.pyi", "cache_pb2_grpc.py")
 

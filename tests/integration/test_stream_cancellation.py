@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
-from tests.test_runserver import runserver
+from tests.integration.test_runserver import runserver
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -138,7 +138,7 @@ def pushback_settings(value: str) -> Any:
             "retryable_codes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
             "initial_backoff": 0.001, "max_backoff": 0.002, "jitter": "none",
         }},
-        SERVER_MIDDLEWARE=["tests.test_retry_budget.PushbackOnce"],
+        SERVER_MIDDLEWARE=["tests.integration.test_retry_budget.PushbackOnce"],
         SERVER_OPTIONS={"PushbackOnce": {"pushback_ms": value}},
     )
 
