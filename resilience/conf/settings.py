@@ -140,10 +140,13 @@ def load_settings(
             # The decoder's message gives the line, never the text there: a secret.
             raise ImproperlyConfigured(
                 f"secrets file '{secrets_file}' is not valid TOML: {exc}") from None
+    # Absolute paths: dynaconf looks for a relative one next to the invoked script and in
+    # its parents before the working directory, so `resilience-admin check --settings
+    # settings/settings.toml` would read the file of the checkout holding the venv.
     dynaconf = Dynaconf(
         envvar_prefix="RESILIENCE",
-        settings_files=[str(file)],
-        secrets=str(secrets_file) if secrets_file.is_file() else None,
+        settings_files=[str(file.resolve())],
+        secrets=str(secrets_file.resolve()) if secrets_file.is_file() else None,
         environments=True,
         env=env,
         merge_enabled=False,
