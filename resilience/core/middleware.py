@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from resilience.core.call import Call, CallKind, Side
-from resilience.metrics.recorder import NULL_RECORDER, NullRecorder, Recorder
+from resilience.core.recorder import NULL_RECORDER, NullRecorder, Recorder
 
 Handler = Callable[[Call], Any]
 
