@@ -12,7 +12,7 @@ import structlog
 from structlog.testing import LogCapture
 
 from resilience.conf.options import build_options
-from resilience.core.call import Call, CallKind
+from resilience.core.call import ATTEMPT_KEY, Call, CallKind, attempt_metadata
 from resilience.core.middleware import ChainInfo
 from resilience.middleware.context import (
     RequestContext,
@@ -20,7 +20,6 @@ from resilience.middleware.context import (
     rebind_attempt,
     valid_request_id,
 )
-from resilience.transport.client import ATTEMPT_KEY, attempt_metadata
 
 METHOD = "cache.CacheService/Get"
 log = structlog.get_logger("test")
