@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind, Side
 from resilience.core.errors import ImproperlyConfigured
 from resilience.core.middleware import ChainInfo, Handler, Middleware
+from resilience.core.options import build_options
 
 __all__ = ["FakeClock", "FakeHandler", "build", "call_for", "chain_info"]
 

@@ -18,10 +18,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from resilience.conf.chains import ChainResolver
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import MiddlewareNotUsed, RpcStatusError
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.limits.retry_budget import shared_budget
 from resilience.middleware import Hedging
 from resilience.transport.client import CallOptions

@@ -11,9 +11,9 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from resilience.conf.options import build_options
 from resilience.core.call import ATTEMPT_KEY, Call, CallKind, attempt_metadata
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.middleware.context import (
     RequestContext,
     parse_attempt,

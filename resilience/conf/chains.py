@@ -16,7 +16,6 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor_pb2 import MethodOptions
 
 from resilience.checks import CheckMessage, error, warning
-from resilience.conf.options import build_options
 from resilience.conf.settings import Settings
 from resilience.core.adapters import SYNC_MIDDLEWARE_THREADS
 from resilience.core.call import Side
@@ -24,6 +23,7 @@ from resilience.core.chain import MiddlewareSpec
 from resilience.core.errors import ImproperlyConfigured
 from resilience.core.loading import import_string
 from resilience.core.middleware import Middleware
+from resilience.core.options import build_options
 
 
 def service_of(method: str) -> str:
