@@ -88,7 +88,8 @@ class Middleware:
     ``acall`` (the asyncio path) and, if they take options, define a nested ``Options``
     dataclass.
 
-    ``sides`` says where the middleware makes sense. ``sync_capable`` and
+    ``sides`` says where the middleware makes sense; ``repeats_calls`` that it sends a call
+    more than once. ``sync_capable`` and
     ``async_capable`` follow Django: they say which kind of chain the class can sit in. In
     an asyncio chain the handler is async: ``handler(call)`` returns an awaitable for a
     unary response and an async iterator for a response stream, and ``acall`` must return
@@ -100,6 +101,9 @@ class Middleware:
     sides: ClassVar[frozenset[Side]] = frozenset({"client", "server"})
     sync_capable: ClassVar[bool] = True
     async_capable: ClassVar[bool] = False
+    #: Whether the class sends a call more than once (Retry, Hedging): check refuses two
+    #: such layers in one chain (E011), since each would repeat the other's attempts.
+    repeats_calls: ClassVar[bool] = False
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
         self.handler = handler
