@@ -104,6 +104,11 @@ class Middleware:
     #: Whether the class sends a call more than once (Retry, Hedging): check refuses two
     #: such layers in one chain (E011), since each would repeat the other's attempts.
     repeats_calls: ClassVar[bool] = False
+    #: Subclasses to build instead of this class for an option's value, by dotted path:
+    #: ``{"storage": {"redis": "pkg.module.RedisThing"}}``. The composition root picks the
+    #: class of each chain (``resilience.core.loading.variant_for``), so a class never
+    #: imports the layer above it that subclasses it (CircuitBreaker's Redis breaker).
+    variants: ClassVar[dict[str, dict[str, str]]] = {}
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
         self.handler = handler
