@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import grpc
 
+from resilience.conf.credentials import channel_credentials, channel_options
 from resilience.conf.factory import ChainFactory
 from resilience.core.call import (
     Call,
@@ -28,7 +29,6 @@ from resilience.core.call import (
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import Handler
 from resilience.transport.calls import Answered, ChainFuture, StreamCall
-from resilience.transport.credentials import channel_credentials, channel_options
 from resilience.transport.service_config import DISABLE_RESOLUTION, check_channel_options
 
 # grpcio's transparent retries (of RPCs the server never saw) stay on; configured retries are
