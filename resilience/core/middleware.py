@@ -88,13 +88,13 @@ class Middleware:
     ``acall`` (the asyncio path) and, if they take options, define a nested ``Options``
     dataclass.
 
-    ``sides`` says where the middleware makes sense; ``repeats_calls`` that it sends a call
-    more than once. ``sync_capable`` and
+    ``sides`` says where the middleware makes sense. ``sync_capable`` and
     ``async_capable`` follow Django: they say which kind of chain the class can sit in. In
     an asyncio chain the handler is async: ``handler(call)`` returns an awaitable for a
     unary response and an async iterator for a response stream, and ``acall`` must return
     the same. A sync-only middleware in an asyncio chain runs in a worker thread (see
     ``resilience.core.adapters``), which works but costs a thread hop per call.
+    ``repeats_calls`` and ``variants`` are read by the composition root (below).
     """
 
     Options: ClassVar[type[MiddlewareOptions]] = MiddlewareOptions
