@@ -45,6 +45,7 @@ from benchmarks._common import (
     server_process,
 )
 from resilience.core.call import Call, CallKind
+from resilience.core.loading import variant_for
 from resilience.core.middleware import ChainInfo
 from resilience.distributed import connection
 from resilience.distributed.local_redis import LocalRedis
@@ -105,7 +106,8 @@ def _middleware(values: dict[str, Any], is_async: bool) -> dict[str, Any]:
         for name, options in names.items():
             info = ChainInfo(METHOD, CallKind.UNARY_UNARY, side, cls.__name__,  # type: ignore[arg-type]
                              shared, "127.0.0.1:1", is_async)
-            made[name] = cls(aconstant if is_async else constant, cls.Options(**options), info)
+            opts = cls.Options(**options)
+            made[name] = variant_for(cls, opts)(aconstant if is_async else constant, opts, info)
     return made
 
 

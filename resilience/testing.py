@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind, Side
 from resilience.core.errors import ImproperlyConfigured
+from resilience.core.loading import variant_for
 from resilience.core.middleware import ChainInfo, Handler, Middleware
+from resilience.core.options import build_options
 
 __all__ = ["FakeClock", "FakeHandler", "build", "call_for", "chain_info"]
 
@@ -137,9 +138,10 @@ def build(
     """``middleware`` over ``handler`` with ``options`` as settings would give them (names
     and values validated and converted by the loader's own code), in a chain described by
     ``info`` (``chain_info``'s arguments). Raises ``ImproperlyConfigured`` with the
-    loader's messages for bad options; ``MiddlewareNotUsed`` if it leaves the chain."""
+    loader's messages for bad options; ``MiddlewareNotUsed`` if it leaves the chain. The
+    class is the one the options choose, as the chain factory builds it (``variant_for``)."""
     info.setdefault("name", middleware.__name__)
     built, problems = build_options(middleware.Options, options or {})
     if problems:
         raise ImproperlyConfigured("; ".join(problems))
-    return middleware(handler, built, chain_info(**info))
+    return variant_for(middleware, built)(handler, built, chain_info(**info))

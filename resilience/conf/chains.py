@@ -16,7 +16,6 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor_pb2 import MethodOptions
 
 from resilience.checks import CheckMessage, error, warning
-from resilience.conf.options import build_options
 from resilience.conf.settings import Settings
 from resilience.core.adapters import SYNC_MIDDLEWARE_THREADS
 from resilience.core.call import Side
@@ -24,6 +23,7 @@ from resilience.core.chain import MiddlewareSpec
 from resilience.core.errors import ImproperlyConfigured
 from resilience.core.loading import import_string
 from resilience.core.middleware import Middleware
+from resilience.core.options import build_options
 
 
 def service_of(method: str) -> str:
@@ -120,20 +120,16 @@ class ChainResolver:
         self, setting: str, method: str, specs: list[MiddlewareSpec]
     ) -> None:
         """gRFC A6 gives a method a retry policy or a hedging policy, never both: hedges
-        that are each retried multiply the load on the server."""
-        # Imported here: the middleware package imports the client transport, which
-        # imports this module.
-        from resilience.middleware.hedging import Hedging
-        from resilience.middleware.retry import Retry
-
-        retry = next((s for s in specs if issubclass(s.factory, Retry)), None)
-        hedging = next((s for s in specs if issubclass(s.factory, Hedging)), None)
-        if retry is not None and hedging is not None:
+        that are each retried multiply the load on the server. Told by the classes'
+        ``repeats_calls`` flag (Retry, Hedging), so composition imports no middleware."""
+        repeaters = [s for s in specs if s.factory.repeats_calls]
+        if len(repeaters) > 1:
+            outer, inner = repeaters[:2]
             self.problems.append(error(
                 "resilience.E011", setting,
-                f"{method} is configured for both retrying ('{retry.path}') and hedging "
-                f"('{hedging.path}'); gRFC A6 allows one policy per method, since each "
-                f"hedge would also be retried",
+                f"{method} is configured to repeat calls twice, by '{outer.path}' and "
+                f"'{inner.path}'; gRFC A6 allows one policy (retry or hedging) per method, "
+                f"since each attempt of one would be repeated by the other",
                 f'remove one of them from {setting}, or give {method} a chain of its own '
                 f'with CLIENT_METHOD_MIDDLEWARE."{method}"',
             ))

@@ -3,13 +3,15 @@
 A ``ChainFactory`` is made once per channel (client) or per server, from settings, for a
 side, a mode and a target. It owns what the chains of that channel or server share (the
 ``shared`` dict: the settings, the retry budget, Redis connections, executors), gives each
-chain its metrics recorder and its method's idempotency, and keeps the middleware each
+chain its metrics recorder, its method's idempotency and the class each option set chooses
+(``Middleware.variants``: the Redis breaker and limit), and keeps the middleware each
 chain is made of. ``connect``, ``aio_connect``, both servers, the plain interceptors and
 ``showchain`` all build through it, so none can build a chain another would not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
@@ -18,6 +20,7 @@ from resilience.conf.settings import Settings
 from resilience.core.call import CallKind, Side
 from resilience.core.chain import build_chain
 from resilience.core.errors import ImproperlyConfigured
+from resilience.core.loading import variant_for
 from resilience.core.middleware import Handler, Middleware
 from resilience.metrics.recorder import recorder_for
 
@@ -51,8 +54,11 @@ class ChainFactory:
               left_out: dict[str, str] | None = None) -> Handler:
         """``method``'s chain around ``terminal``. ``idempotent`` overrides what settings
         and the default descriptor pool say (a proto in a pool of its own); ``left_out``
-        collects the middleware that left the chain, with their reasons."""
-        specs = self.specs(method)
+        collects the middleware that left the chain, with their reasons. Each spec is
+        built as the class its options choose (``variant_for``: CircuitBreaker's
+        ``storage = "redis"`` is the Redis breaker)."""
+        specs = [dataclasses.replace(spec, factory=variant_for(spec.factory, spec.options))
+                 for spec in self.specs(method)]
         if idempotent is None:
             idempotent = self.resolver.is_idempotent(method)
         with self._lock:

@@ -20,11 +20,11 @@ from resilience.apps.registry import Apps
 from resilience.checks import CheckMessage, error, warning
 from resilience.conf.chains import ChainResolver, lookup, service_of
 from resilience.conf.global_settings import SETTING_NAMES
-from resilience.conf.options import build_options
 from resilience.conf.settings import Settings
 from resilience.core.call import CallKind, Side
 from resilience.core.loading import describe_exception
 from resilience.core.middleware import Middleware
+from resilience.core.options import build_options
 from resilience.core.spelling import closest, did_you_mean
 
 #: Sections dynaconf gives a meaning of its own; any other section is an environment.

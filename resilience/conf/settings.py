@@ -11,8 +11,8 @@ from dynaconf import Dynaconf
 
 from resilience.checks import ENVVAR_PREFIX
 from resilience.conf.global_settings import GlobalSettings
-from resilience.conf.options import build_options
 from resilience.core.errors import ImproperlyConfigured
+from resilience.core.options import build_options
 from resilience.core.spelling import closest
 
 ENV_VAR = "RESILIENCE_ENV"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from resilience.apps.config import AppConfig
 from resilience.apps.registry import Apps, load_apps
+from resilience.apps.servicers import require_async
 from resilience.checks import (
     LEVELS,
     OWN_PREFIX,
@@ -33,6 +34,15 @@ from resilience.checks import (
     warning,
 )
 from resilience.conf.chains import ChainResolver, lookup, service_of
+from resilience.conf.credentials import (
+    channel_credentials,
+    client_setting_problem,
+    client_tls_enabled,
+    plaintext_refusal,
+    server_credentials,
+    server_setting_problem,
+    server_tls_enabled,
+)
 from resilience.conf.names import (
     aimed_option_problems,
     method_suggestion,
@@ -44,23 +54,14 @@ from resilience.conf.names import (
     unchecked_method_names,
     well_formed,
 )
+from resilience.conf.redis_checks import redis_problems
 from resilience.conf.settings import ENVVAR_PREFIX, SECRETS_FILE, Settings
+from resilience.conf.tls_files import tls_file_problems
 from resilience.core.call import CallKind, Side
 from resilience.core.errors import ImproperlyConfigured
 from resilience.core.loading import describe_exception
 from resilience.core.spelling import closest, edit_distance
-from resilience.distributed.checks import redis_problems
 from resilience.protos import app_protos, stale
-from resilience.transport.credentials import (
-    channel_credentials,
-    client_setting_problem,
-    client_tls_enabled,
-    plaintext_refusal,
-    server_credentials,
-    server_setting_problem,
-    server_tls_enabled,
-)
-from resilience.transport.tls_files import tls_file_problems
 
 
 def _setting_problems(settings: Settings) -> list[CheckMessage]:
@@ -301,8 +302,6 @@ def _async_servicer_problems(apps: Apps) -> list[CheckMessage]:
     """E074: what the asyncio server refuses at startup, a servicer method that is not
     ``async def`` (an async generator for response streams), or is missing. Only a class
     can be inspected without calling user code; a factory function is taken on trust."""
-    from resilience.transport.aio_server import require_async  # imports the server stack
-
     messages = []
     for config in apps.configs:
         for service in config.services:

@@ -10,6 +10,11 @@ from typing import Any, Literal
 Side = Literal["client", "server"]
 _KEEP: Any = object()
 
+#: Metadata the client terminal adds to every attempt after the first (Retry, Hedging), so
+#: that a server's RequestContext can log which attempt it is serving. The first attempt has
+#: none. Here, not in the transport, because RequestContext reads it.
+ATTEMPT_KEY = "x-resilience-attempt"
+
 
 class CallKind(enum.Enum):
     """The four gRPC call shapes; middleware branch on the two streaming flags."""
@@ -180,3 +185,16 @@ class CallOptions:
 new_call = object.__new__
 """``new_call(Call)``: a Call with no field set, for the few per-call paths that set every
 field themselves to save ``__init__``'s frame (the client's multicallable, Timeout)."""
+
+
+def attempt_metadata(call: Call) -> tuple[tuple[str, str | bytes], ...]:
+    """The metadata of a repeated attempt: the call's, plus its attempt number."""
+    return (*call.metadata, (ATTEMPT_KEY, str(call.attempt)))
+
+
+def normalise_method(method: str | bytes) -> str:
+    """'/cache.CacheService/Get' (str or bytes) -> 'cache.CacheService/Get', as grpc names a
+    method to a channel or an interceptor and as ``Call.method`` holds it."""
+    if isinstance(method, bytes):
+        method = method.decode("ascii")
+    return method.lstrip("/")

@@ -10,7 +10,7 @@ from resilience.core.adapters import adapt_sync
 from resilience.core.call import CallKind, Side
 from resilience.core.errors import ImproperlyConfigured, MiddlewareNotUsed
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions
-from resilience.metrics.recorder import NULL_RECORDER, NullRecorder, Recorder
+from resilience.core.recorder import NULL_RECORDER, NullRecorder, Recorder
 
 
 @dataclasses.dataclass(frozen=True)

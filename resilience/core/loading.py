@@ -8,6 +8,7 @@ import traceback
 from typing import Any
 
 from resilience.core.errors import ImproperlyConfigured
+from resilience.core.middleware import Middleware
 from resilience.core.spelling import did_you_mean
 
 
@@ -59,3 +60,23 @@ def import_string(path: str) -> Any:
             f"'{path}' does not import: module '{module_path}' defines no "
             f"'{attr}'{did_you_mean(attr, public)}"
         ) from None
+
+
+def variant_for(factory: type[Middleware], options: Any) -> type[Middleware]:
+    """The class to build for ``options``: the subclass ``factory.variants`` names for an
+    option's value (CircuitBreaker with ``storage = "redis"``), else ``factory``. Only the
+    class's own declaration counts, so a user's subclass is built as it is."""
+    variants: dict[str, dict[str, str]] = vars(factory).get("variants", {})
+    for name, paths in variants.items():
+        value = getattr(options, name, None)
+        path = paths.get(value) if isinstance(value, str) else None
+        if path is None:
+            continue
+        variant = import_string(path)
+        if not (isinstance(variant, type) and issubclass(variant, factory)):
+            raise ImproperlyConfigured(
+                f"'{path}', the class {factory.__name__} names for {name} = {value!r}, is "
+                f"not a subclass of {factory.__name__}"
+            )
+        return variant
+    return factory

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from resilience.core.call import Call, CallKind, Side
-from resilience.metrics.recorder import NULL_RECORDER, NullRecorder, Recorder
+from resilience.core.recorder import NULL_RECORDER, NullRecorder, Recorder
 
 Handler = Callable[[Call], Any]
 
@@ -94,12 +94,21 @@ class Middleware:
     unary response and an async iterator for a response stream, and ``acall`` must return
     the same. A sync-only middleware in an asyncio chain runs in a worker thread (see
     ``resilience.core.adapters``), which works but costs a thread hop per call.
+    ``repeats_calls`` and ``variants`` are read by the composition root (below).
     """
 
     Options: ClassVar[type[MiddlewareOptions]] = MiddlewareOptions
     sides: ClassVar[frozenset[Side]] = frozenset({"client", "server"})
     sync_capable: ClassVar[bool] = True
     async_capable: ClassVar[bool] = False
+    #: Whether the class sends a call more than once (Retry, Hedging): check refuses two
+    #: such layers in one chain (E011), since each would repeat the other's attempts.
+    repeats_calls: ClassVar[bool] = False
+    #: Subclasses to build instead of this class for an option's value, by dotted path:
+    #: ``{"storage": {"redis": "pkg.module.RedisThing"}}``. The composition root picks the
+    #: class of each chain (``resilience.core.loading.variant_for``), so a class never
+    #: imports the layer above it that subclasses it (CircuitBreaker's Redis breaker).
+    variants: ClassVar[dict[str, dict[str, str]]] = {}
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
         self.handler = handler

@@ -26,10 +26,9 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from resilience.conf.global_settings import GlobalSettings
-from resilience.conf.options import redact
 from resilience.core.errors import ImproperlyConfigured
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import mask
 
 log = structlog.get_logger(__name__)
 
@@ -80,9 +79,9 @@ def url_problem(url: str) -> str | None:
 
 
 def redacted(url: str) -> str:
-    """``url`` without its password, for logs and messages (REDIS_URL is a secret
-    setting: ``resilience.conf.options.redact`` masks it the same way)."""
-    return redact(GlobalSettings, "REDIS_URL", url)
+    """``url`` without its password, for logs and messages: REDIS_URL is declared secret
+    (GlobalSettings), so ``redact`` masks it the same way."""
+    return mask(url)
 
 
 def config_of(info: ChainInfo, what: str) -> RedisConfig:

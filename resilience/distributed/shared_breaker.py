@@ -1,10 +1,10 @@
 """CircuitBreaker with ``storage = "redis"``: one breaker shared by every client process
 that names the same target (or ``name``) and method.
 
-``CircuitBreaker`` builds this class instead of itself when its options say so, so the
-local breaker's per-call path is untouched. The shared state lives in one Redis hash
-(``resilience.distributed.breaker_state``); each process keeps a copy of the state it
-last saw and trusts it for ``state_cache_seconds``:
+The chain factory builds this class instead of ``CircuitBreaker`` when its options say so
+(``CircuitBreaker.variants``), so the local breaker's per-call path is untouched. The
+shared state lives in one Redis hash (``resilience.distributed.breaker_state``); each
+process keeps a copy of the state it last saw and trusts it for ``state_cache_seconds``:
 
 * cached closed and fresh: the call goes straight through, and a success with no
   failures counted costs no Redis round trip at all;

@@ -1,10 +1,10 @@
 """RateLimit with ``storage = "redis"``: one token bucket shared by every replica.
 
-``RateLimit`` builds this class instead of itself when its options say so, so the local
-limit's per-call path is untouched. Each call is one Redis round trip: the Lua script in
-``resilience.distributed.token_bucket`` refills the shared bucket and takes the token
-atomically, with Redis's clock, so N replicas together admit ``rate * t + burst`` calls,
-not N times that.
+The chain factory builds this class instead of ``RateLimit`` when its options say so
+(``RateLimit.variants``), so the local limit's per-call path is untouched. Each call is
+one Redis round trip: the Lua script in ``resilience.distributed.token_bucket`` refills
+the shared bucket and takes the token atomically, with Redis's clock, so N replicas
+together admit ``rate * t + burst`` calls, not N times that.
 
 Buckets are keyed by side, by target on the client (replicas of a server share, whatever
 address each is bound to), by the scope (``key``: all methods, one method, or one

@@ -19,9 +19,8 @@ from google.protobuf.descriptor_pb2 import MethodOptions
 
 from resilience.conf.factory import ChainFactory
 from resilience.conf.settings import Settings
-from resilience.core.call import Call, CallKind
+from resilience.core.call import Call, CallKind, CallOptions, normalise_method
 from resilience.core.middleware import Handler
-from resilience.transport.client import CallOptions, normalise_method
 
 #: The continuation of the call in progress, for the terminal to call.
 CONTINUATION: contextvars.ContextVar[Callable[..., Any]] = contextvars.ContextVar(

@@ -1,10 +1,9 @@
-"""What middleware call to record an event: a ``Recorder`` bound to one method and side.
+"""The Prometheus implementation of ``resilience.core.recorder.Recorder``, bound to one
+method and side when a chain is built.
 
-A recorder is made when a chain is built (``ChainInfo.metrics``), so the call site passes
-no labels, and it is called on the event's own path only (a retry, a rejection, a
-fallback), never on a call's happy path; the Metrics middleware gets its per-call
-``RpcSeries`` from ``rpc()``. ``NULL_RECORDER`` stands in when metrics are off:
-every method does nothing and no collector is ever created.
+The Metrics middleware gets its per-call ``RpcSeries`` from ``rpc()``. ``recorder_for``
+hands a chain ``NULL_RECORDER`` (core's) when metrics are off: every method does nothing
+and no collector is ever created.
 """
 
 from __future__ import annotations
@@ -15,44 +14,13 @@ from typing import TYPE_CHECKING, Any
 import pybreaker
 
 from resilience.core.call import CallKind
+from resilience.core.recorder import NULL_RECORDER, NullRecorder
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import Counter
 
     from resilience.metrics.collectors import Collectors
     from resilience.metrics.rpc import RpcSeries
-
-
-class NullRecorder:
-    """The recorder of a chain whose metrics are off: nothing is recorded."""
-
-    __slots__ = ()
-    enabled = False
-
-    def retry(self) -> None:
-        pass
-
-    def hedge(self) -> None:
-        pass
-
-    def rejected(self, reason: str) -> None:
-        pass
-
-    def fault(self, kind: str) -> None:
-        pass
-
-    def fallback(self) -> None:
-        pass
-
-    def watch_limiter(self, limiter: str, limit: Callable[[], float],
-                      in_flight: Callable[[], float]) -> None:
-        pass
-
-    def watch_breaker(self, breaker: pybreaker.CircuitBreaker) -> None:
-        pass
-
-
-NULL_RECORDER = NullRecorder()
 
 
 def _fast_inc(child: Counter) -> Callable[[float], None]:
@@ -65,7 +33,7 @@ def _fast_inc(child: Counter) -> Callable[[float], None]:
 class _BreakerListener(pybreaker.CircuitBreakerListener):
     """Counts a breaker's state changes."""
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: PrometheusRecorder) -> None:
         self._recorder = recorder
 
     def state_change(self, cb: pybreaker.CircuitBreaker,
@@ -75,7 +43,7 @@ class _BreakerListener(pybreaker.CircuitBreakerListener):
             self._recorder.transition(old_state.name, new_state.name)
 
 
-class Recorder:
+class PrometheusRecorder:
     """Records one method's events on one side; labels are fixed here, once, and each
     counter's child is bound on its first event, so an event costs one increment."""
 
@@ -142,9 +110,9 @@ class Recorder:
         breaker.add_listener(_BreakerListener(self))
 
 
-def recorder_for(settings: Any, side: str, method: str) -> Recorder | NullRecorder:
+def recorder_for(settings: Any, side: str, method: str) -> PrometheusRecorder | NullRecorder:
     """The recorder of ``method``'s chain on ``side``: ``NULL_RECORDER`` when metrics are
     off (``METRICS_ENABLED``), so that nothing is registered or counted."""
     if not getattr(settings, "METRICS_ENABLED", False):
         return NULL_RECORDER
-    return Recorder(side, method)
+    return PrometheusRecorder(side, method)

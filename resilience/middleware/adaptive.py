@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import grpc
 
-from resilience.conf.options import build_options
 from resilience.core.call import Call
 from resilience.core.errors import RpcStatusError, status_of
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
+from resilience.core.options import build_options
 from resilience.limits.adaptive import ALGORITHMS
 from resilience.limits.limiter import Limiter, Token
 

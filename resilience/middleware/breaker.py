@@ -88,6 +88,9 @@ class CircuitBreaker(Middleware):
 
     sides: ClassVar[frozenset[Side]] = frozenset({"client"})
     async_capable = True
+    # Built instead by the composition root (ChainFactory) for storage = "redis": by name,
+    # since the shared breaker, a layer above, subclasses this one.
+    variants = {"storage": {"redis": "resilience.distributed.shared_breaker.RedisCircuitBreaker"}}
 
     @dataclasses.dataclass(frozen=True)
     class Options(MiddlewareOptions):
@@ -172,15 +175,6 @@ class CircuitBreaker(Middleware):
             return problems
 
     options: Options
-
-    def __new__(cls, handler: Handler, options: MiddlewareOptions, info: ChainInfo
-                ) -> CircuitBreaker:
-        """storage = 'redis' builds the shared breaker instead, chosen once per chain."""
-        if cls is CircuitBreaker and getattr(options, "storage", "local") == "redis":
-            from resilience.distributed.shared_breaker import RedisCircuitBreaker
-
-            cls = RedisCircuitBreaker
-        return super().__new__(cls)
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
         super().__init__(handler, options, info)

@@ -26,9 +26,8 @@ from typing import Any, cast
 
 import structlog
 
-from resilience.core.call import Call
+from resilience.core.call import ATTEMPT_KEY, Call
 from resilience.core.middleware import ChainInfo, Handler, Middleware, MiddlewareOptions, option
-from resilience.transport.client import ATTEMPT_KEY
 
 #: Longest incoming request id kept; a longer one is replaced by a fresh id.
 MAX_ID_LENGTH = 128

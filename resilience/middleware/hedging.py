@@ -114,6 +114,7 @@ class Hedging(Middleware):
     """
 
     sides = frozenset({"client"})
+    repeats_calls = True
     async_capable = True
 
     @dataclasses.dataclass(frozen=True)

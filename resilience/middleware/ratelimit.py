@@ -40,6 +40,9 @@ class RateLimit(Middleware):
     """
 
     async_capable = True
+    # Built instead by the composition root (ChainFactory) for storage = "redis": by name,
+    # since the shared limit, a layer above, subclasses this one.
+    variants = {"storage": {"redis": "resilience.distributed.shared_ratelimit.RedisRateLimit"}}
     clock = staticmethod(time.monotonic)
 
     @dataclasses.dataclass(frozen=True)
@@ -94,15 +97,6 @@ class RateLimit(Middleware):
                     f"metadata keys in lower case; write {self.metadata_key.lower()!r}"
                 )
             return problems
-
-    def __new__(cls, handler: Handler, options: MiddlewareOptions, info: ChainInfo
-                ) -> RateLimit:
-        """storage = 'redis' builds the shared limit instead, chosen once per chain."""
-        if cls is RateLimit and getattr(options, "storage", "local") == "redis":
-            from resilience.distributed.shared_ratelimit import RedisRateLimit
-
-            cls = RedisRateLimit
-        return super().__new__(cls)
 
     def __init__(self, handler: Handler, options: MiddlewareOptions, info: ChainInfo) -> None:
         super().__init__(handler, options, info)

@@ -86,6 +86,7 @@ class Retry(Middleware):
     """
 
     sides = frozenset({"client"})
+    repeats_calls = True
     async_capable = True
 
     @dataclasses.dataclass(frozen=True)

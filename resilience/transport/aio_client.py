@@ -17,14 +17,20 @@ import grpc
 import grpc.aio
 
 from resilience.conf.factory import ChainFactory
-from resilience.core.call import Call, CallKind, CallOptions, CancelScope, new_call
+from resilience.core.call import (
+    Call,
+    CallKind,
+    CallOptions,
+    CancelScope,
+    attempt_metadata,
+    new_call,
+)
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import Handler
 from resilience.transport.aio_calls import AioStreamCall, AioUnaryCall, as_coroutine
 from resilience.transport.client import (
     ChainedChannel,
     ChainMultiCallable,
-    attempt_metadata,
     call_kwargs,
     open_channel,
     remaining_timeout,

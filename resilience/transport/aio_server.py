@@ -15,7 +15,6 @@ returns messages.
 from __future__ import annotations
 
 import contextvars
-import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,8 +22,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from resilience.apps.servicers import require_async
 from resilience.core.call import Call, CallKind
-from resilience.core.errors import ImproperlyConfigured, RpcStatusError
+from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import Handler
 from resilience.transport.server import (
     ServicerStatus,
@@ -43,31 +43,6 @@ _STOPPING: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 _stopping = _STOPPING.get
 _monotonic = time.monotonic
-
-
-def _generated(behavior: Callable[..., Any]) -> bool:
-    """Is ``behavior`` left to the generated servicer base class? Though sync, it only sets
-    UNIMPLEMENTED and raises, so the stack calls it on the loop, and the client gets what
-    grpc.aio sends for it without a stack."""
-    return str(getattr(behavior, "__module__", "")).endswith("_pb2_grpc")
-
-
-def require_async(method: str, behavior: Callable[..., Any], kind: CallKind) -> None:
-    """The aio stack awaits unary servicer methods and iterates streaming ones."""
-    if _generated(behavior):
-        return
-    if kind.response_streaming:
-        if not inspect.isasyncgenfunction(behavior):
-            raise ImproperlyConfigured(
-                f"servicer method {method} must be an async generator function "
-                f"('async def' with 'yield') to run on the asyncio server; handlers that "
-                f"stream with context.write() cannot run through a stack"
-            )
-    elif not inspect.iscoroutinefunction(behavior):
-        raise ImproperlyConfigured(
-            f"servicer method {method} must be a coroutine function ('async def') to run "
-            f"on the asyncio server"
-        )
 
 
 def _past(deadline: float | None) -> bool:

@@ -10,11 +10,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from resilience.apps.registry import Apps
+from resilience.apps.servicers import require_async
+from resilience.conf.credentials import server_credentials
 from resilience.conf.factory import ChainFactory
 from resilience.conf.settings import Settings
 from resilience.core.errors import ImproperlyConfigured
-from resilience.transport.aio_server import AioChainInterceptor, require_async
-from resilience.transport.credentials import server_credentials
+from resilience.transport.aio_server import AioChainInterceptor
 from resilience.transport.health import AioSaturationMonitor, stack_limiters
 from resilience.transport.serving import SERVER_OPTIONS, listen
 

@@ -15,12 +15,20 @@ from typing import Any, ClassVar
 
 import grpc
 
+from resilience.conf.credentials import channel_credentials, channel_options
 from resilience.conf.factory import ChainFactory
-from resilience.core.call import Call, CallKind, CallOptions, CancelScope, new_call
+from resilience.core.call import (
+    Call,
+    CallKind,
+    CallOptions,
+    CancelScope,
+    attempt_metadata,
+    new_call,
+    normalise_method,
+)
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import Handler
 from resilience.transport.calls import Answered, ChainFuture, StreamCall
-from resilience.transport.credentials import channel_credentials, channel_options
 from resilience.transport.service_config import DISABLE_RESOLUTION, check_channel_options
 
 # grpcio's transparent retries (of RPCs the server never saw) stay on; configured retries are
@@ -31,23 +39,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = ((DISABLE_RESOLUTION, 1),)
 
 #: Threads per sync channel that run ``future()`` calls; more wait for a free one.
 FUTURE_THREADS = 64
-
-#: Metadata the terminal adds to every attempt after the first (Retry, Hedging), so that a
-#: server's RequestContext can log which attempt it is serving. The first attempt has none.
-ATTEMPT_KEY = "x-resilience-attempt"
-
-
-def attempt_metadata(call: Call) -> tuple[tuple[str, str | bytes], ...]:
-    """The metadata of a repeated attempt: the call's, plus its attempt number."""
-    return (*call.metadata, (ATTEMPT_KEY, str(call.attempt)))
-
-
-def normalise_method(method: str | bytes) -> str:
-    """'/cache.CacheService/Get' (str or bytes) -> 'cache.CacheService/Get'."""
-    if isinstance(method, bytes):
-        method = method.decode("ascii")
-    return method.lstrip("/")
-
 
 def remaining_timeout(call: Call) -> float | None:
     """The grpc ``timeout`` of one attempt: what is left of its deadline.

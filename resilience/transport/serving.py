@@ -13,10 +13,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from resilience.apps.registry import Apps
+from resilience.conf.credentials import server_credentials
 from resilience.conf.factory import ChainFactory
 from resilience.conf.settings import Settings
 from resilience.core.errors import ImproperlyConfigured
-from resilience.transport.credentials import server_credentials
 from resilience.transport.health import SaturationMonitor, stack_limiters
 from resilience.transport.server import ChainInterceptor, StackInterceptor
 

@@ -17,10 +17,10 @@ import grpc
 import pytest
 
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.middleware import AdaptiveLimit
 from tests.support.processes import manage
 from tests.support.scripted import ScriptedServicer

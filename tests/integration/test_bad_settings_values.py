@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from resilience.conf.addresses import AddressError, parse_target
 from resilience.conf.chains import ChainResolver
 from resilience.conf.global_settings import GlobalSettings
-from resilience.conf.options import MASK, build_options, is_secret, redact
 from resilience.conf.settings import load_settings
+from resilience.core.options import MASK, build_options, is_secret, redact
 from resilience.middleware import BearerToken, TokenAuth
 from tests.support.certs import Pki, make_pki
 from tests.support.processes import manage

@@ -9,10 +9,10 @@ import time
 import grpc
 import pytest
 
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.middleware.breaker import CircuitBreaker
 
 METHOD = "cache.CacheService/Get"

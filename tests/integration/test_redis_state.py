@@ -15,11 +15,13 @@ import pytest
 from resilience.conf.validation import run_checks
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import BreakerOpenError, RpcStatusError
+from resilience.core.loading import variant_for
 from resilience.core.middleware import ChainInfo
 from resilience.distributed.local_redis import LocalRedis
 from resilience.distributed.shared_breaker import RedisCircuitBreaker
 from resilience.distributed.shared_ratelimit import RedisRateLimit
 from resilience.middleware import CircuitBreaker, RateLimit
+from resilience.testing import build
 from tests.support.redis import redis_server, redis_settings  # noqa: F401 - a fixture
 from tests.support.servers import make_settings
 
@@ -61,7 +63,7 @@ def breakers(server: LocalRedis, n: int, is_async: bool = False, **options: Any
     opts = CircuitBreaker.Options(**{"fail_max": 2, "reset_timeout": 5.0, "storage": "redis",
                                      "state_cache_seconds": 0.05, **options})
     handlers = [Handler() for _ in range(n)]
-    made = [CircuitBreaker(h.acall if is_async else h, opts,
+    made = [RedisCircuitBreaker(h.acall if is_async else h, opts,
                            info(server, "CircuitBreaker", is_async=is_async))
             for h in handlers]
     return handlers, made
@@ -77,17 +79,19 @@ def runner(is_async: bool) -> Callable[[Any], Any]:
 def test_local_storage_builds_the_local_class_and_redis_the_shared_one(
     redis_server: LocalRedis,  # noqa: F811
 ) -> None:
-    local = CircuitBreaker(Handler(), CircuitBreaker.Options(), info(redis_server, "x"))
-    assert type(local) is CircuitBreaker
+    assert variant_for(CircuitBreaker, CircuitBreaker.Options()) is CircuitBreaker
+    redis = CircuitBreaker.Options(storage="redis")
+    assert variant_for(CircuitBreaker, redis) is RedisCircuitBreaker
+    assert variant_for(RedisCircuitBreaker, redis) is RedisCircuitBreaker
     _, [shared] = breakers(redis_server, 1)
-    assert type(shared) is RedisCircuitBreaker
     assert shared.key == f"test:breaker:127.0.0.1:1:{GET}"
     _, [named] = breakers(redis_server, 1, name="cache")
     assert named.key == f"test:breaker:cache:{GET}"
-    limit = RateLimit(Handler(), RateLimit.Options(storage="redis"),
-                      info(redis_server, "RateLimit", side="server"))
+    assert variant_for(RateLimit, RateLimit.Options(storage="redis")) is RedisRateLimit
+    assert variant_for(RateLimit, RateLimit.Options()) is RateLimit
+    limit = build(RateLimit, Handler(), options={"storage": "redis"}, side="server",
+                  shared=info(redis_server, "RateLimit").shared)
     assert type(limit) is RedisRateLimit
-    assert type(RateLimit(Handler(), RateLimit.Options(), info(redis_server, "y"))) is RateLimit
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "aio"])
@@ -176,7 +180,7 @@ def test_redis_down_fail_closed_fails_fast(
 def limits(server: LocalRedis, n: int, is_async: bool = False, **options: Any
            ) -> list[Any]:
     opts = RateLimit.Options(**{"rate": 1.0, "burst": 3, "storage": "redis", **options})
-    return [RateLimit(Handler().acall if is_async else Handler(), opts,
+    return [RedisRateLimit(Handler().acall if is_async else Handler(), opts,
                       info(server, "RateLimit", is_async=is_async, side="server"))
             for _ in range(n)]
 
@@ -252,7 +256,7 @@ def test_streams_share_the_breaker_and_the_bucket(
     handler = aresponses if is_async else responses
     opts = CircuitBreaker.Options(fail_max=1, reset_timeout=5.0, storage="redis",
                                   state_cache_seconds=0.0)
-    a, b = (CircuitBreaker(handler, opts, stream_info(redis_server, "CircuitBreaker",
+    a, b = (RedisCircuitBreaker(handler, opts, stream_info(redis_server, "CircuitBreaker",
                                                       is_async, "client"))
             for _ in range(2))
     assert read(b) == [1, 2]
@@ -262,7 +266,7 @@ def test_streams_share_the_breaker_and_the_bucket(
     with pytest.raises(BreakerOpenError):
         read(b)
     limit_opts = RateLimit.Options(rate=1.0, burst=2, storage="redis")
-    c, d = (RateLimit(handler, limit_opts, stream_info(redis_server, "RateLimit",
+    c, d = (RedisRateLimit(handler, limit_opts, stream_info(redis_server, "RateLimit",
                                                        is_async, "server"))
             for _ in range(2))
     failing[0] = False

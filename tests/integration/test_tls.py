@@ -13,9 +13,9 @@ import grpc
 import pytest
 
 from apps.cache.protos import cache_pb2
+from resilience.conf.credentials import channel_credentials, server_credentials
 from resilience.conf.settings import Settings
 from resilience.core.errors import ImproperlyConfigured
-from resilience.transport.credentials import channel_credentials, server_credentials
 from resilience.transport.serving import Server
 from tests.support.certs import Pki, pki  # noqa: F401  (the session fixture)
 from tests.support.scripted import ScriptedServicer

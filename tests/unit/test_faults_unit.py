@@ -14,10 +14,10 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import MiddlewareNotUsed, RpcStatusError
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.faults import Fault, FaultDecider, parse_delay_ms, parse_status
 from resilience.middleware import FaultInjection
 

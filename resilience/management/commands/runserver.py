@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 from resilience.conf.addresses import bind_address_problem
 from resilience.core.errors import ImproperlyConfigured
 from resilience.management.base import BaseCommand, CommandError, add_asyncio_option
-from resilience.metrics.exposition import MetricsEndpoint, serve_metrics
 from resilience.transport.aio_serving import AioServer
+from resilience.transport.exposition import MetricsEndpoint, serve_metrics
 from resilience.transport.serving import Server
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)

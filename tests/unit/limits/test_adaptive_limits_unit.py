@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilience.conf.options import build_options
+from resilience.core.options import build_options
 from resilience.limits.adaptive import (
     ALGORITHMS,
     AIMDLimit,

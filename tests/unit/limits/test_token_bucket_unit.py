@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 import pytest
 
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.limits import KeyedBuckets, TokenBucket
 from resilience.middleware import RateLimit
 

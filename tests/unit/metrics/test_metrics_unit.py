@@ -21,7 +21,7 @@ from resilience.core.call import Call, CallKind
 from resilience.core.chain import MiddlewareSpec, build_chain
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import ChainInfo
-from resilience.metrics import NULL_RECORDER, Recorder, recorder_for
+from resilience.metrics import NULL_RECORDER, PrometheusRecorder, recorder_for
 from resilience.metrics import rpc as rpc_module
 from resilience.metrics.rpc import RpcCollector
 from resilience.middleware import Fallback, FaultInjection, Metrics
@@ -46,7 +46,7 @@ def event_value(name: str, method: str, side: str = "client", **labels: str) -> 
 def test_recorder_for_follows_metrics_enabled() -> None:
     assert recorder_for(make_settings(METRICS_ENABLED=False), "client", "a.B/C") is NULL_RECORDER
     recorder = recorder_for(make_settings(METRICS_ENABLED=True), "client", "a.B/C")
-    assert isinstance(recorder, Recorder) and recorder.enabled
+    assert isinstance(recorder, PrometheusRecorder) and recorder.enabled
 
 
 def test_null_recorder_does_nothing() -> None:
@@ -62,7 +62,7 @@ def test_null_recorder_does_nothing() -> None:
 
 def test_recorder_events_are_labelled_by_side_and_method() -> None:
     method = "Events"
-    recorder = Recorder("server", f"{SERVICE}/{method}")
+    recorder = PrometheusRecorder("server", f"{SERVICE}/{method}")
     names = {
         "resilience_retries_total": ({}, recorder.retry),
         "resilience_hedges_total": ({}, recorder.hedge),
@@ -82,7 +82,7 @@ def test_recorder_events_are_labelled_by_side_and_method() -> None:
 
 def test_limiter_gauges_are_read_at_scrape_time() -> None:
     state = {"limit": 5, "in_flight": 0}
-    Recorder("server", f"{SERVICE}/Limited").watch_limiter(
+    PrometheusRecorder("server", f"{SERVICE}/Limited").watch_limiter(
         "ConcurrencyLimit", lambda: state["limit"], lambda: state["in_flight"])
     labels = {"limiter": "ConcurrencyLimit"}
     assert event_value("resilience_limiter_limit", "Limited", "server", **labels) == 5
@@ -93,7 +93,7 @@ def test_limiter_gauges_are_read_at_scrape_time() -> None:
 
 def test_breaker_state_and_transitions() -> None:
     breaker = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=60)
-    Recorder("client", f"{SERVICE}/Guarded").watch_breaker(breaker)
+    PrometheusRecorder("client", f"{SERVICE}/Guarded").watch_breaker(breaker)
 
     def transitions(old: str, new: str) -> float:
         return event_value("resilience_breaker_transitions_total", "Guarded",
@@ -119,7 +119,7 @@ def chain(method: str, terminal: Any, *specs: tuple[type, dict[str, Any]],
                 for cls, options in specs]
     return build_chain(resolved, terminal, method=full, kind=kind, side=side, shared={},
                        is_async=is_async, idempotent=True,
-                       metrics=Recorder(side, full))
+                       metrics=PrometheusRecorder(side, full))
 
 
 def call(method: str, kind: CallKind = CallKind.UNARY_UNARY, side: str = "client",

@@ -15,10 +15,10 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.middleware import Bulkhead
 
 GET = "cache.CacheService/Get"

@@ -14,11 +14,11 @@ from structlog.testing import capture_logs
 
 from apps.cache import fallbacks
 from apps.cache.protos import cache_pb2
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind
 from resilience.core.chain import MiddlewareSpec, build_chain
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.middleware import CircuitBreaker, Fallback
 
 METHOD = "cache.CacheService/Get"

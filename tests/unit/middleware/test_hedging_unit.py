@@ -18,10 +18,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from resilience.conf.chains import ChainResolver
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import MiddlewareNotUsed, RpcStatusError
-from resilience.core.middleware import ChainInfo
+from resilience.core.middleware import ChainInfo, Middleware
+from resilience.core.options import build_options
 from resilience.limits.retry_budget import shared_budget
 from resilience.middleware import Hedging
 from resilience.transport.client import CallOptions
@@ -301,6 +301,20 @@ def test_retry_and_hedging_in_a_method_chain_names_that_setting() -> None:
         "resilience.middleware.retry.Retry",
     ]})
     assert problem.setting == f'CLIENT_METHOD_MIDDLEWARE."{METHOD}"'
+
+
+class Repeater(Middleware):
+    """A user's own middleware that sends calls again, declared with the class flag."""
+
+    sides = frozenset({"client"})
+    repeats_calls = True
+
+
+def test_any_two_middleware_that_repeat_calls_are_an_error() -> None:
+    [problem] = resolve(CLIENT_MIDDLEWARE=[f"{__name__}.Repeater",
+                                           "resilience.middleware.Retry"])
+    assert f"{__name__}.Repeater" in problem.msg and "Retry" in problem.msg
+    assert resolve(CLIENT_MIDDLEWARE=[f"{__name__}.Repeater"]) == []
 
 
 def test_hedging_without_retry_is_fine() -> None:

@@ -11,16 +11,15 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from resilience.conf.options import build_options
-from resilience.core.call import Call, CallKind
+from resilience.core.call import ATTEMPT_KEY, Call, CallKind, attempt_metadata
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.middleware.context import (
     RequestContext,
     parse_attempt,
     rebind_attempt,
     valid_request_id,
 )
-from resilience.transport.client import ATTEMPT_KEY, attempt_metadata
 
 METHOD = "cache.CacheService/Get"
 log = structlog.get_logger("test")

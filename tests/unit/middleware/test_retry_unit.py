@@ -6,10 +6,10 @@ import grpc
 import pytest
 import structlog.testing
 
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind
 from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.middleware.retry import Retry
 
 METHOD = "cache.CacheService/Get"

@@ -14,11 +14,11 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from resilience.conf.options import build_options
 from resilience.core.call import Call, CallKind
 from resilience.core.chain import MiddlewareSpec, build_chain
 from resilience.core.errors import MiddlewareNotUsed, RpcStatusError
 from resilience.core.middleware import ChainInfo
+from resilience.core.options import build_options
 from resilience.limits.retry_budget import SHARED_KEY, RetryBudget, shared_budget
 from resilience.middleware.retry import Retry, pushback_of
 

@@ -48,7 +48,7 @@ def test_tightens_a_later_caller_deadline():
 
 
 def test_options_reject_non_positive_seconds():
-    from resilience.conf.options import build_options
+    from resilience.core.options import build_options
 
     options, problems = build_options(Timeout.Options, {"seconds": 0})
     assert options is None

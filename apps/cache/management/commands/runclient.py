@@ -24,10 +24,10 @@ from resilience.management.base import (
     add_target_option,
     subcommand_options,
 )
-from resilience.metrics.exposition import MetricsEndpoint, serve_metrics
 from resilience.middleware import CircuitBreaker, Retry
 from resilience.transport.aio_client import aio_connect
 from resilience.transport.client import ChainedChannel, connect
+from resilience.transport.exposition import MetricsEndpoint, serve_metrics
 
 METHODS = {"get": "Get", "store": "Store"}
 SERVICE = "cache.CacheService"

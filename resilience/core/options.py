@@ -77,7 +77,15 @@ def redact(cls: type[Any], name: str, value: Any) -> Any:
     masked (a table keeps its keys, the identities; an empty value stays empty, so that
     "not set" still shows), any other value unchanged."""
     field = {f.name: f for f in dataclasses.fields(cls)}.get(name)
-    if field is None or not is_secret(field) or not value:
+    if field is None or not is_secret(field):
+        return value
+    return mask(value)
+
+
+def mask(value: Any) -> Any:
+    """A secret's ``value`` as it may be shown (``redact`` once the option is known to be
+    secret): for callers that hold a value of one declared secret, such as REDIS_URL's."""
+    if not value:
         return value
     if isinstance(value, Mapping):
         return {k: MASK for k in value}
