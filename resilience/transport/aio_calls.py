@@ -407,6 +407,13 @@ class AioStreamCall(_AioOutcome, grpc.aio.UnaryStreamCall, grpc.aio.StreamStream
         return asyncio.CancelledError() if self._cancelled else None
 
     async def _settled(self) -> None:
+        first = self._first
+        if first is not None and not self._ended:
+            # The chain is being driven to its first response: it may fail before it
+            # starts an RPC (a deadline already passed), and then that is the outcome.
+            await asyncio.wait((first,))
+            if not first.cancelled() and (error := first.exception()) is not None:
+                self._end(aio_error(error))
         rpc = self._opts.grpc_call
         if not self._ended and rpc is not None:
             await rpc.code()
