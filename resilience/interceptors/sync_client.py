@@ -17,7 +17,7 @@ from resilience.interceptors.chains import CONTINUATION, Chains, captured, make_
 from resilience.interceptors.outcomes import Stream, failed
 from resilience.interceptors.settings import SettingsArg, load
 from resilience.transport.calls import Answered, ChainFuture
-from resilience.transport.client import FUTURE_THREADS, remaining_timeout
+from resilience.transport.client import FUTURE_THREADS, cancelled_before, remaining_timeout
 
 #: In the name of the continuation grpc passes from a multicallable's ``future()``.
 _FUTURE = ".future.<locals>."
@@ -55,8 +55,7 @@ def _sync_terminal(method: str | bytes, kind: CallKind) -> Handler:
     def unary(call: Call) -> Any:
         opts: CallOptions = call.context
         if opts.scope is not None and opts.scope.cancelled:
-            raise RpcStatusError(grpc.StatusCode.CANCELLED,
-                                 f"{call.method} was cancelled by the client", retryable=False)
+            raise cancelled_before(call)
         outcome = CONTINUATION.get()(_details(method, call), call.request)
         captured(call, outcome)  # before waiting: a future() caller may cancel it
         try:

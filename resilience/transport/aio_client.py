@@ -25,13 +25,13 @@ from resilience.core.call import (
     attempt_metadata,
     new_call,
 )
-from resilience.core.errors import RpcStatusError
 from resilience.core.middleware import Handler
 from resilience.transport.aio_calls import AioStreamCall, AioUnaryCall, as_coroutine
 from resilience.transport.client import (
     ChainedChannel,
     ChainMultiCallable,
     call_kwargs,
+    cancelled_before,
     open_channel,
     remaining_timeout,
 )
@@ -48,9 +48,7 @@ def _terminal(inner: Any, kind: CallKind) -> Handler:
         def stream(call: Call) -> Any:
             opts: CallOptions = call.context
             if opts.scope is not None and opts.scope.cancelled:
-                raise RpcStatusError(grpc.StatusCode.CANCELLED,
-                                     f"{call.method} was cancelled by the client",
-                                     retryable=False)
+                raise cancelled_before(call)
             rpc = inner(call.request, **call_kwargs(call))
             opts.started(rpc)
             return rpc

@@ -71,7 +71,8 @@ def call_kwargs(call: Call) -> dict[str, Any]:
     return kwargs
 
 
-def _cancelled(call: Call) -> RpcStatusError:
+def cancelled_before(call: Call) -> RpcStatusError:
+    """What a terminal raises instead of starting an attempt of a call already cancelled."""
     return RpcStatusError(
         grpc.StatusCode.CANCELLED,
         f"{call.method} was cancelled by the client before attempt {call.attempt}",
@@ -100,7 +101,7 @@ def _terminal(inner: Any) -> Handler:
                 metadata=(call.metadata or None) if call.attempt == 1 else attempt_metadata(call),
             )
         if opts.scope is not None and opts.scope.cancelled:
-            raise _cancelled(call)
+            raise cancelled_before(call)
         if opts.on_start is not None:
             return _cancellable(inner, call, opts)
         if opts.capture:
@@ -119,7 +120,7 @@ def _stream_terminal(inner: Any) -> Handler:
     def send(call: Call) -> Any:
         opts: CallOptions = call.context
         if opts.scope is not None and opts.scope.cancelled:
-            raise _cancelled(call)
+            raise cancelled_before(call)
         rpc = inner(call.request, **call_kwargs(call))
         opts.started(rpc)
         return rpc

@@ -10,7 +10,6 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from resilience.interceptors import (
 )
 from resilience.middleware import CircuitBreaker, Retry, Timeout
 from tests.support.aio_facade import LoopThread, SyncMethod
+from tests.support.plain import plain_grpc_server
 from tests.support.scripted import AsyncScriptedServicer, ScriptedServicer
 from tests.support.servers import Pairing, make_settings
 
@@ -76,39 +76,22 @@ def _echo_service(collect: Any, echo: Any) -> grpc.GenericRpcHandler:
     })
 
 
-@contextlib.contextmanager
-def plain_server(mode: str, settings: Any, servicer: ScriptedServicer) -> Iterator[str]:
+def plain_server(mode: str, settings: Any, servicer: ScriptedServicer
+                 ) -> contextlib.AbstractContextManager[str]:
     """``grpc.server`` (or ``grpc.aio.server``) with the servicer added as generated code
     says and the stack as an interceptor; yields the address."""
     if mode == "sync":
-        server = grpc.server(ThreadPoolExecutor(16), interceptors=[server_interceptor(settings)])
-        cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
-        server.add_generic_rpc_handlers((_echo_service(_collect, _echo),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            server.stop(0)
-        return
-    loop = LoopThread("plain-aio-server")
+        def add(server: Any) -> None:
+            cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
+            server.add_generic_rpc_handlers((_echo_service(_collect, _echo),))
 
-    async def start() -> tuple[Any, int]:
-        aio = grpc.aio.server(interceptors=[aio_server_interceptor(settings)])
-        cache_pb2_grpc.add_CacheServiceServicer_to_server(AsyncScriptedServicer(servicer), aio)
-        aio.add_generic_rpc_handlers((_echo_service(_acollect, _aecho),))
-        bound = aio.add_insecure_port("127.0.0.1:0")
-        await aio.start()
-        return aio, bound
+        return plain_grpc_server(mode, lambda: [server_interceptor(settings)], add, 16)
 
-    try:
-        aio_server, port = loop.run(start())
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            loop.run(aio_server.stop(0))
-    finally:
-        loop.close()
+    def aio_add(server: Any) -> None:
+        cache_pb2_grpc.add_CacheServiceServicer_to_server(AsyncScriptedServicer(servicer), server)
+        server.add_generic_rpc_handlers((_echo_service(_acollect, _aecho),))
+
+    return plain_grpc_server(mode, lambda: [aio_server_interceptor(settings)], aio_add)
 
 
 class PlainAioStub:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -31,7 +30,7 @@ from structlog.testing import capture_logs
 from apps.cache.protos import cache_pb2, cache_pb2_grpc
 from resilience.core.errors import DEADLINE_SLACK, cancelled_status, ended_status
 from resilience.interceptors import aio_server_interceptor, server_interceptor
-from tests.support.aio_facade import LoopThread
+from tests.support.plain import plain_grpc_server
 from tests.support.servers import make_settings, running_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -121,37 +120,14 @@ def servicer_for(mode: str) -> Any:
     return Servicer() if mode == "sync" else AsyncServicer()
 
 
-@contextlib.contextmanager
-def grpc_server(mode: str, interceptors: list[Any], servicer: Any = None) -> Iterator[str]:
+def grpc_server(mode: str, interceptors: list[Any], servicer: Any = None
+                ) -> contextlib.AbstractContextManager[str]:
     """A plain ``grpc.server`` or ``grpc.aio.server`` with ``interceptors``; its address."""
     servicer = servicer_for(mode) if servicer is None else servicer
-    if mode == "sync":
-        server = grpc.server(ThreadPoolExecutor(8), interceptors=interceptors)
-        cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            server.stop(0)
-        return
-    loop = LoopThread("status-aio-server")
-
-    async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(interceptors=interceptors)
-        cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    try:
-        aio_server, port = loop.run(start())
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            loop.run(aio_server.stop(0))
-    finally:
-        loop.close()
+    return plain_grpc_server(
+        mode, lambda: interceptors,
+        lambda server: cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server),
+    )
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -33,7 +32,7 @@ from tests.integration.test_server_status import (
     recorded,
     stacked_server,
 )
-from tests.support.aio_facade import LoopThread
+from tests.support.plain import plain_grpc_server
 from tests.support.servers import make_settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -205,40 +204,20 @@ def _keys_service(count: Any, keys: Any, read: Any) -> grpc.GenericRpcHandler:
     })
 
 
-@contextlib.contextmanager
-def keys_server(mode: str, stacked: bool) -> Iterator[str]:
+def keys_server(mode: str, stacked: bool) -> contextlib.AbstractContextManager[str]:
     """A plain grpcio server of ``mode`` with the request-streaming test.Keys service, with
     the stack as an interceptor if ``stacked``; its address."""
     settings = make_settings(SERVER_MIDDLEWARE=STACK)
     if mode == "sync":
-        interceptors = [server_interceptor(settings)] if stacked else []
-        server = grpc.server(ThreadPoolExecutor(4), interceptors=interceptors)
-        server.add_generic_rpc_handlers((_keys_service(_count, _keys, _count),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            server.stop(0)
-        return
-    loop = LoopThread("keys-aio-server")
-
-    async def start() -> tuple[grpc.aio.Server, int]:
-        aio = grpc.aio.server(
-            interceptors=[aio_server_interceptor(settings)] if stacked else [])
-        aio.add_generic_rpc_handlers((_keys_service(_acount, _akeys, _aread),))
-        bound = aio.add_insecure_port("127.0.0.1:0")
-        await aio.start()
-        return aio, bound
-
-    try:
-        aio_server, port = loop.run(start())
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            loop.run(aio_server.stop(0))
-    finally:
-        loop.close()
+        return plain_grpc_server(
+            mode, lambda: [server_interceptor(settings)] if stacked else [],
+            lambda server: server.add_generic_rpc_handlers(
+                (_keys_service(_count, _keys, _count),)), 4,
+        )
+    return plain_grpc_server(
+        mode, lambda: [aio_server_interceptor(settings)] if stacked else [],
+        lambda server: server.add_generic_rpc_handlers((_keys_service(_acount, _akeys, _aread),)),
+    )
 
 
 def stream_raw(address: str, method: str, messages: list[bytes]) -> tuple[Ended, Any]:
